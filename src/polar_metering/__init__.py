@@ -1,0 +1,1 @@
+"""polar-metering: usage-based billing on Polar meters for Python web apps (public API filled in below)."""

@@ -1,0 +1,493 @@
+"""Meters, their filters and aggregations, plans, and the catalog that both engines and ``setup`` read.
+
+The filter and aggregation model is Polar's (``reference/polar-api.md`` §2.2–2.3): nested and/or
+clauses with eight operators, and six aggregation functions. Everything here is validated when it is
+built, so a malformed meter fails at load with a message naming the meter and the field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeAlias, cast, get_args
+
+from polar_metering._exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_METERS",
+    "Aggregation",
+    "AggregationFunc",
+    "Catalog",
+    "Filter",
+    "FilterClause",
+    "FilterOperator",
+    "Interval",
+    "Meter",
+    "Plan",
+    "load_catalog",
+    "normalize_property",
+]
+
+FilterOperator: TypeAlias = Literal["eq", "ne", "gt", "gte", "lt", "lte", "like", "not_like"]
+Conjunction: TypeAlias = Literal["and", "or"]
+AggregationFunc: TypeAlias = Literal["count", "sum", "max", "min", "avg", "unique"]
+Interval: TypeAlias = Literal["month", "year"]
+MeterUnit: TypeAlias = Literal["scalar", "token", "custom"]
+ClauseValue: TypeAlias = str | int | bool
+
+_OPERATORS: frozenset[str] = frozenset(get_args(FilterOperator))
+_FUNCS: frozenset[str] = frozenset(get_args(AggregationFunc))
+_SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_INT32 = (-(2**31), 2**31 - 1)
+_MAX_FILTER_STRING = 1000  # Polar: a clause's string value is at most 1000 characters (§2.2)
+_MIN_METER_NAME = 3  # Polar: MeterCreate.name has min length 3 (§2.2)
+
+
+def normalize_property(prop: str) -> str:
+    """Strip Polar's optional ``metadata.`` prefix: ``metadata.size_gb`` and ``size_gb`` are one key (§2.3)."""
+    return prop[len("metadata.") :] if prop.startswith("metadata.") else prop
+
+
+def _clause_value(value: object, where: str) -> ClauseValue:
+    # §2.2: string (<= 1000 chars), signed 32-bit int, or bool. 2.0 is coerced to 2; 2.5 is rejected.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise ConfigurationError(f"{where}.value: must be a string, a whole number or a boolean, got {value!r}")
+        value = int(value)
+    if isinstance(value, int):
+        if not _INT32[0] <= value <= _INT32[1]:
+            raise ConfigurationError(f"{where}.value: integers must fit in 32 bits (Polar's rule), got {value}")
+        return value
+    if isinstance(value, str):
+        if len(value) > _MAX_FILTER_STRING:
+            raise ConfigurationError(f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters")
+        return value
+    raise ConfigurationError(f"{where}.value: must be a string, a whole number or a boolean, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FilterClause:
+    """One comparison: ``property operator value``. ``property`` may be ``name``, ``source``,
+    ``timestamp`` (event columns) or a metadata key, dotted for nested values."""
+
+    property: str
+    operator: FilterOperator
+    value: ClauseValue
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.property, str) or not self.property:
+            raise ConfigurationError("filter.clauses.property: must be a non-empty string")
+        if self.operator not in _OPERATORS:
+            raise ConfigurationError(
+                f"filter.clauses.operator: must be one of {sorted(_OPERATORS)}, got {self.operator!r}"
+            )
+        object.__setattr__(self, "property", normalize_property(self.property))
+        object.__setattr__(self, "value", _clause_value(self.value, "filter.clauses"))
+
+    def to_polar(self) -> dict[str, Any]:
+        return {"property": self.property, "operator": self.operator, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Clauses joined by ``and`` or ``or``; clauses may be filters themselves. No clauses matches all."""
+
+    conjunction: Conjunction = "and"
+    clauses: tuple[FilterClause | Filter, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.conjunction not in ("and", "or"):
+            raise ConfigurationError(f"filter.conjunction: must be 'and' or 'or', got {self.conjunction!r}")
+        clauses = tuple(self.clauses)
+        for clause in clauses:
+            if not isinstance(clause, FilterClause | Filter):
+                raise ConfigurationError(f"filter.clauses: each clause must be a FilterClause or Filter, got {clause!r}")
+        object.__setattr__(self, "clauses", clauses)
+
+    @classmethod
+    def event(cls, name: str, **metadata_equals: ClauseValue) -> Filter:
+        """The common case: events called ``name`` (and, optionally, metadata keys equal to values)."""
+        clauses: list[FilterClause | Filter] = [FilterClause("name", "eq", name)]
+        clauses += [FilterClause(key, "eq", value) for key, value in metadata_equals.items()]
+        return cls("and", tuple(clauses))
+
+    def to_polar(self) -> dict[str, Any]:
+        return {"conjunction": self.conjunction, "clauses": [c.to_polar() for c in self.clauses]}
+
+    @classmethod
+    def from_polar(cls, data: Mapping[str, Any], where: str = "filter") -> Filter:
+        """Build from Polar's JSON shape ``{conjunction, clauses: [...]}``."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"{where}: must be a table/object with 'conjunction' and 'clauses'")
+        unknown = set(data) - {"conjunction", "clauses"}
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+        raw_clauses = data.get("clauses", [])
+        if not isinstance(raw_clauses, list | tuple):
+            raise ConfigurationError(f"{where}.clauses: must be a list")
+        clauses: list[FilterClause | Filter] = []
+        for i, raw in enumerate(raw_clauses):
+            here = f"{where}.clauses[{i}]"
+            if not isinstance(raw, Mapping):
+                raise ConfigurationError(f"{here}: must be a table/object")
+            if "clauses" in raw:
+                clauses.append(cls.from_polar(raw, here))
+                continue
+            missing = {"property", "operator", "value"} - set(raw)
+            if missing:
+                raise ConfigurationError(f"{here}: missing {sorted(missing)}")
+            try:
+                clauses.append(FilterClause(raw["property"], raw["operator"], raw["value"]))
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{here}: {exc}".replace("filter.clauses.", "")) from None
+        return cls(cast(Conjunction, data.get("conjunction", "and")), tuple(clauses))
+
+    def event_template(self) -> tuple[str | None, dict[str, ClauseValue]]:
+        """The event name and metadata an event must carry to match, read from top-level ``eq`` clauses
+        of an ``and`` filter. Reservations use it to record usage on the meter's behalf."""
+        name: str | None = None
+        metadata: dict[str, ClauseValue] = {}
+        if self.conjunction != "and":
+            return None, {}
+        for clause in self.clauses:
+            if isinstance(clause, FilterClause) and clause.operator == "eq":
+                if clause.property == "name" and isinstance(clause.value, str):
+                    name = clause.value
+                elif clause.property not in ("name", "source", "timestamp"):
+                    metadata[clause.property] = clause.value
+        return name, metadata
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """How matching events become one number: count, or sum/max/min/avg/unique of a property."""
+
+    func: AggregationFunc
+    property: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.func not in _FUNCS:
+            raise ConfigurationError(f"aggregation.func: must be one of {sorted(_FUNCS)}, got {self.func!r}")
+        if self.func == "count":
+            if self.property is not None:
+                raise ConfigurationError("aggregation.property: count takes no property")
+            return
+        if not isinstance(self.property, str) or not self.property:
+            raise ConfigurationError(f"aggregation.property: {self.func} needs the property to aggregate")
+        object.__setattr__(self, "property", normalize_property(self.property))
+
+    @classmethod
+    def count(cls) -> Aggregation:
+        return cls("count")
+
+    @classmethod
+    def sum(cls, prop: str) -> Aggregation:
+        return cls("sum", prop)
+
+    @classmethod
+    def max(cls, prop: str) -> Aggregation:
+        return cls("max", prop)
+
+    @classmethod
+    def min(cls, prop: str) -> Aggregation:
+        return cls("min", prop)
+
+    @classmethod
+    def avg(cls, prop: str) -> Aggregation:
+        return cls("avg", prop)
+
+    @classmethod
+    def unique(cls, prop: str) -> Aggregation:
+        return cls("unique", prop)
+
+    def to_polar(self) -> dict[str, Any]:
+        # §2.2: always send func, even where the SDK marks it optional.
+        if self.func == "count":
+            return {"func": "count"}
+        return {"func": self.func, "property": self.property}
+
+    @classmethod
+    def from_polar(cls, data: Mapping[str, Any], where: str = "aggregation") -> Aggregation:
+        if not isinstance(data, Mapping) or "func" not in data:
+            raise ConfigurationError(f"{where}.func: required (one of {sorted(_FUNCS)})")
+        unknown = set(data) - {"func", "property"}
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+        try:
+            return cls(data["func"], data.get("property"))
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc).replace("aggregation", where, 1)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """A meter: which events count (``filter``) and how they add up (``aggregation``).
+
+    ``slug`` is the code-facing key (``"api_requests"``); ``name`` is the display name Polar shows
+    and the key ``setup`` matches on.
+    """
+
+    slug: str
+    name: str
+    filter: Filter
+    aggregation: Aggregation
+    unit: MeterUnit = "scalar"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slug, str) or not _SLUG.match(self.slug):
+            raise ConfigurationError(
+                f"meter {self.slug!r}: slug must be lowercase letters, digits and underscores, "
+                "starting with a letter, at most 64 characters"
+            )
+        if not isinstance(self.name, str) or len(self.name) < _MIN_METER_NAME:
+            raise ConfigurationError(f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters")
+        if not isinstance(self.filter, Filter):
+            raise ConfigurationError(f"meter {self.slug!r}: filter must be a Filter")
+        if not isinstance(self.aggregation, Aggregation):
+            raise ConfigurationError(f"meter {self.slug!r}: aggregation must be an Aggregation")
+        if self.unit not in ("scalar", "token", "custom"):
+            raise ConfigurationError(f"meter {self.slug!r}: unit must be scalar, token or custom")
+
+    @classmethod
+    def for_event(
+        cls,
+        slug: str,
+        event: str,
+        aggregation: Aggregation | None = None,
+        *,
+        name: str | None = None,
+        unit: MeterUnit = "scalar",
+    ) -> Meter:
+        """A meter over one event name: ``Meter.for_event("api_requests", "api.request")`` counts them."""
+        return cls(
+            slug=slug,
+            name=name or slug.replace("_", " ").title(),
+            filter=Filter.event(event),
+            aggregation=aggregation or Aggregation.count(),
+            unit=unit,
+        )
+
+    @property
+    def event_name(self) -> str | None:
+        """The event name this meter listens to, when its filter names exactly one."""
+        return self.filter.event_template()[0]
+
+    def to_polar(self) -> dict[str, Any]:
+        """The body of Polar's ``MeterCreate`` (never with ``organization_id``)."""
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "filter": self.filter.to_polar(),
+            "aggregation": self.aggregation.to_polar(),
+        }
+
+    @classmethod
+    def from_mapping(cls, slug: str, data: Mapping[str, Any]) -> Meter:
+        """Build from a ``metering.toml`` table. Either ``event = "..."`` or a full ``filter`` table."""
+        where = f"meter {slug!r}"
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"{where}: must be a table")
+        unknown = set(data) - {"name", "event", "filter", "aggregation", "func", "property", "unit"}
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+        try:
+            if "filter" in data and "event" in data:
+                raise ConfigurationError("give either 'event' or 'filter', not both")
+            if "filter" in data:
+                flt = Filter.from_polar(data["filter"])
+            elif "event" in data:
+                if not isinstance(data["event"], str):
+                    raise ConfigurationError("event: must be a string")
+                flt = Filter.event(data["event"])
+            else:
+                raise ConfigurationError("needs 'event' (an event name) or 'filter'")
+            if "aggregation" in data:
+                agg = Aggregation.from_polar(data["aggregation"])
+            else:
+                agg = Aggregation.from_polar(
+                    {"func": data.get("func", "count"), **({"property": data["property"]} if "property" in data else {})}
+                )
+            return cls(
+                slug=slug,
+                name=data.get("name", slug.replace("_", " ").title()),
+                filter=flt,
+                aggregation=agg,
+                unit=data.get("unit", "scalar"),
+            )
+        except ConfigurationError as exc:
+            msg = str(exc)
+            raise ConfigurationError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Credits per meter for each billing period of the local engine (Polar grants these through a
+    meter-credit benefit, §4.2). Meters a plan does not name have no limit.
+
+    With ``rollover`` the unused credit of a period carries into the next (Polar's rollover formula,
+    §4.2: ``max(0, min(credited - used, credited))``).
+    """
+
+    name: str
+    credits: Mapping[str, float] = field(default_factory=dict)
+    interval: Interval = "month"
+    rollover: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigurationError("plan.name: must be a non-empty string")
+        if self.interval not in ("month", "year"):
+            raise ConfigurationError(f"plan {self.name!r}: interval must be 'month' or 'year', got {self.interval!r}")
+        if not isinstance(self.credits, Mapping):
+            raise ConfigurationError(f"plan {self.name!r}: credits must map meter slugs to numbers")
+        clean: dict[str, float] = {}
+        for slug, units in self.credits.items():
+            if isinstance(units, bool) or not isinstance(units, int | float) or not math.isfinite(units) or units < 0:
+                raise ConfigurationError(f"plan {self.name!r}: credits[{slug!r}] must be a finite number >= 0")
+            clean[slug] = units
+        object.__setattr__(self, "credits", clean)
+
+
+def _default_meters() -> tuple[Meter, ...]:
+    return (
+        Meter("api_requests", "API Requests", Filter.event("api.request"), Aggregation.count()),
+        Meter("storage_gb", "Storage (GB)", Filter.event("storage.update"), Aggregation.max("size_gb")),
+        Meter("ai_tokens", "AI Tokens", Filter.event("ai.tokens"), Aggregation.sum("tokens"), unit="token"),
+        Meter("team_seats", "Team Seats", Filter.event("seat.active"), Aggregation.unique("user_id")),
+    )
+
+
+DEFAULT_METERS: tuple[Meter, ...] = _default_meters()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The meters and plans an app uses: the single source of truth for engines and ``setup``."""
+
+    meters: tuple[Meter, ...] = DEFAULT_METERS
+    plans: tuple[Plan, ...] = ()
+
+    def __post_init__(self) -> None:
+        meters = tuple(self.meters)
+        plans = tuple(self.plans)
+        seen: set[str] = set()
+        names: set[str] = set()
+        for meter in meters:
+            if not isinstance(meter, Meter):
+                raise ConfigurationError(f"meters: expected Meter objects, got {meter!r}")
+            if meter.slug in seen:
+                raise ConfigurationError(f"meter {meter.slug!r}: slug is defined twice")
+            if meter.name in names:
+                raise ConfigurationError(f"meter {meter.slug!r}: name {meter.name!r} is used by another meter")
+            seen.add(meter.slug)
+            names.add(meter.name)
+        plan_names: set[str] = set()
+        for plan in plans:
+            if not isinstance(plan, Plan):
+                raise ConfigurationError(f"plans: expected Plan objects, got {plan!r}")
+            if plan.name in plan_names:
+                raise ConfigurationError(f"plan {plan.name!r}: defined twice")
+            plan_names.add(plan.name)
+            for slug in plan.credits:
+                if slug not in seen:
+                    raise ConfigurationError(f"plan {plan.name!r}: credits name unknown meter {slug!r}")
+        object.__setattr__(self, "meters", meters)
+        object.__setattr__(self, "plans", plans)
+        object.__setattr__(self, "_by_slug", {m.slug: m for m in meters})
+        object.__setattr__(self, "_plans", {p.name: p for p in plans})
+
+    def meter(self, slug: str) -> Meter:
+        """The meter called ``slug``; ``ConfigurationError`` naming the known slugs otherwise."""
+        try:
+            return self._by_slug[slug]  # type: ignore[attr-defined,no-any-return]
+        except KeyError:
+            raise ConfigurationError(
+                f"meter: unknown meter {slug!r}; known meters are {sorted(self._by_slug)}"  # type: ignore[attr-defined]
+            ) from None
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self._plans[name]  # type: ignore[attr-defined,no-any-return]
+        except KeyError:
+            raise ConfigurationError(
+                f"plan: unknown plan {name!r}; known plans are {sorted(self._plans)}"  # type: ignore[attr-defined]
+            ) from None
+
+    @property
+    def slugs(self) -> tuple[str, ...]:
+        return tuple(m.slug for m in self.meters)
+
+    def with_meters(self, meters: Iterable[Meter]) -> Catalog:
+        return Catalog(tuple(meters), self.plans)
+
+
+def _catalog_from_toml(path: Path) -> Catalog:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(f"catalog: file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"catalog: {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"meters", "plans", "defaults"}
+    if unknown:
+        raise ConfigurationError(f"catalog: {path}: unknown top-level keys {sorted(unknown)}")
+    meters: list[Meter] = []
+    if data.get("defaults", True):
+        meters.extend(DEFAULT_METERS)
+    raw_meters = data.get("meters", {})
+    if not isinstance(raw_meters, Mapping):
+        raise ConfigurationError(f"catalog: {path}: [meters.<slug>] tables expected")
+    default_slugs = {m.slug for m in meters}
+    for slug, table in raw_meters.items():
+        meter = Meter.from_mapping(slug, table)
+        if slug in default_slugs:
+            meters = [meter if m.slug == slug else m for m in meters]
+        else:
+            meters.append(meter)
+    plans: list[Plan] = []
+    raw_plans = data.get("plans", {})
+    if not isinstance(raw_plans, Mapping):
+        raise ConfigurationError(f"catalog: {path}: [plans.<name>] tables expected")
+    for name, table in raw_plans.items():
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(f"plan {name!r}: must be a table")
+        unknown = set(table) - {"credits", "interval", "rollover"}
+        if unknown:
+            raise ConfigurationError(f"plan {name!r}: unknown keys {sorted(unknown)}")
+        plans.append(
+            Plan(name, credits=table.get("credits", {}), interval=table.get("interval", "month"),
+                 rollover=bool(table.get("rollover", False)))
+        )
+    return Catalog(tuple(meters), tuple(plans))
+
+
+def load_catalog(source: str | Path | Catalog | Iterable[Meter] | None = None) -> Catalog:
+    """Load a catalog from ``None`` (the four default meters), a ``metering.toml`` path, a
+    ``package.module:attribute`` naming a Catalog or a list of meters, or the objects themselves."""
+    if source is None:
+        return Catalog()
+    if isinstance(source, Catalog):
+        return source
+    if isinstance(source, Path) or (isinstance(source, str) and (source.endswith(".toml") or ":" not in source)):
+        return _catalog_from_toml(Path(source))
+    if isinstance(source, str):
+        module_name, _, attr = source.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(f"catalog: cannot load {source!r}: {exc}") from None
+        return load_catalog(obj)
+    try:
+        meters = tuple(source)
+    except TypeError:
+        raise ConfigurationError(f"catalog: cannot build a catalog from {source!r}") from None
+    return Catalog(meters)

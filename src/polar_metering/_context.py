@@ -1,0 +1,54 @@
+"""The current customer: the billing entity (organization when there is one, else the user) of the
+work in progress. Framework integrations set it per request; ``check_current_limit`` reads it.
+
+It lives in a ``ContextVar``, so concurrent requests on threads or asyncio tasks never see each
+other's customer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+
+from polar_metering._exceptions import ConfigurationError, ValidationError
+
+__all__ = ["current_customer", "get_current_customer", "require_current_customer", "set_current_customer"]
+
+_current: ContextVar[str | None] = ContextVar("polar_metering_current_customer", default=None)
+
+
+def get_current_customer() -> str | None:
+    """The customer set for this context, or ``None``."""
+    return _current.get()
+
+
+def require_current_customer() -> str:
+    customer = _current.get()
+    if customer is None:
+        raise ConfigurationError(
+            "current customer: none is set; wrap the call in `with metering.current_customer(id):` "
+            "or install a framework integration that sets it per request"
+        )
+    return customer
+
+
+def set_current_customer(customer_id: str | None) -> Token[str | None]:
+    """Set the current customer and return the token that ``reset_current_customer`` takes."""
+    if customer_id is not None and (not isinstance(customer_id, str) or not customer_id):
+        raise ValidationError("customer_id", "must be a non-empty string", customer_id)
+    return _current.set(customer_id)
+
+
+def reset_current_customer(token: Token[str | None]) -> None:
+    _current.reset(token)
+
+
+@contextmanager
+def current_customer(customer_id: str) -> Iterator[str]:
+    """``with current_customer("org_456"):`` makes ``org_456`` the customer of the enclosed code."""
+    token = set_current_customer(customer_id)
+    try:
+        yield customer_id
+    finally:
+        _current.reset(token)

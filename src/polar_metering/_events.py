@@ -1,0 +1,211 @@
+"""Events and their validation by Polar's ingest rules (``reference/polar-api.md`` §1.2, §1.6).
+
+Validation is pure and cheap: it runs on the caller's thread for every tracked event, so the hot path
+is a handful of type checks. Each failure is a :class:`ValidationError` naming the field and the rule.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeAlias
+
+from polar_metering._exceptions import ValidationError
+
+__all__ = [
+    "Event",
+    "EventName",
+    "MetadataValue",
+    "MeterSlug",
+    "new_external_id",
+    "parse_timestamp",
+    "validate_event",
+    "validate_metadata",
+]
+
+MetadataValue: TypeAlias = str | int | float | bool
+"""A metadata value Polar accepts (``EventMetadataInput``): str (1–500 chars), int, float or bool."""
+MeterSlug: TypeAlias = str
+EventName: TypeAlias = str
+
+MAX_NAME = 128  # §1.2: String(128) column
+MAX_METADATA_STRING = 500  # §1.6
+_LLM_INT_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+_LLM_KEYS = {"vendor", "model", "prompt", "response", "input_tokens", "cached_input_tokens", "output_tokens",
+             "total_tokens"}
+
+
+def new_external_id() -> str:
+    """A unique, time-ordered id: 48 bits of milliseconds then 80 random bits, as 32 hex characters.
+
+    Time-ordered ids keep the outbox and the event table append-only (perf floors: a random key costs
+    ~15x in SQLite). The id never contains ``/``, ``?`` or ``#``, which Polar's SDK would not escape.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def parse_timestamp(value: object, field: str = "timestamp", *, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime from a datetime or ISO-8601 string; never naive, never in the future."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            raise ValidationError(field, "must be an ISO-8601 date-time with a UTC offset", value) from None
+    if not isinstance(value, datetime):
+        raise ValidationError(field, "must be a timezone-aware datetime or ISO-8601 string", value)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(field, "must be timezone-aware (Polar rejects naive timestamps)", value)
+    value = value.astimezone(UTC)
+    if now is not None and value > now:
+        raise ValidationError(field, "must not be in the future (Polar: 'Timestamp must be in the past.')", value)
+    return value
+
+
+def _check_str(value: str, field: str) -> None:
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters", value)
+
+
+def _validate_cost(value: object, field: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, "must be an object {amount, currency}", value)
+    unknown = set(value) - {"amount", "currency"}
+    if unknown:
+        raise ValidationError(field, f"unknown keys {sorted(unknown)}", value)
+    amount = value.get("amount")
+    if amount is None or isinstance(amount, bool) or not isinstance(amount, int | float | str):
+        raise ValidationError(f"{field}.amount", "is required: a number of cents", amount)
+    try:
+        dec = Decimal(str(amount))
+    except InvalidOperation:
+        raise ValidationError(f"{field}.amount", "must be a decimal number", amount) from None
+    if not dec.is_finite():
+        raise ValidationError(f"{field}.amount", "must be finite", amount)
+    sign, digits, exponent = dec.as_tuple()
+    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    # §1.6: at most 17 digits with at most 12 after the point, so at most 5 before it.
+    if places > 12:
+        raise ValidationError(f"{field}.amount", "must have at most 12 decimal places", amount)
+    if len(digits) - places > 5 and dec != 0:
+        raise ValidationError(f"{field}.amount", "must have at most 5 digits before the decimal point", amount)
+    currency = value.get("currency")
+    if not isinstance(currency, str) or "usd" not in currency:
+        raise ValidationError(f"{field}.currency", "must be 'usd'", currency)
+
+
+def _validate_llm(value: object, field: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, "must be an object {vendor, model, input_tokens, output_tokens, total_tokens}", value)
+    for key in ("vendor", "model"):
+        if not isinstance(value.get(key), str):
+            raise ValidationError(f"{field}.{key}", "is required: a string", value.get(key))
+    for key in _LLM_INT_KEYS:
+        item = value.get(key)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValidationError(f"{field}.{key}", "is required: an integer", item)
+    cached = value.get("cached_input_tokens")
+    if cached is not None and (isinstance(cached, bool) or not isinstance(cached, int)):
+        raise ValidationError(f"{field}.cached_input_tokens", "must be an integer", cached)
+    for key in ("prompt", "response"):
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise ValidationError(f"{field}.{key}", "must be a string or null", item)
+
+
+def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
+    """Check metadata by Polar's event rules and return a plain dict copy."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError(field, "must be a mapping of string keys to str, int, float or bool", metadata)
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise ValidationError(field, f"keys must be strings, got {key!r}", key)
+        where = f"{field}.{key}"
+        _check_str(key, where)
+        cls = type(value)
+        if cls not in (str, int, bool, float) and isinstance(value, str | int | float):
+            # str/int/float subclasses (StrEnum, IntEnum, numpy-free) travel as their plain value.
+            value = bool(value) if isinstance(value, bool) else str(value) if isinstance(value, str) else (
+                int(value) if isinstance(value, int) else float(value))
+            cls = type(value)
+        if cls is str:
+            n = len(value)
+            if n == 0 or n > MAX_METADATA_STRING:
+                raise ValidationError(where, f"strings must be 1 to {MAX_METADATA_STRING} characters", value)
+            _check_str(value, where)
+        elif cls is int or cls is bool:
+            pass
+        elif cls is float:
+            if not math.isfinite(value):
+                raise ValidationError(where, "numbers must be finite", value)
+        elif key == "_cost":
+            _validate_cost(value, where)
+            value = dict(value)
+        elif key == "_llm":
+            _validate_llm(value, where)
+            value = {k: value.get(k) for k in _LLM_KEYS if k in value or k in ("prompt", "response")}
+        else:
+            raise ValidationError(where, "values must be str, int, float or bool (no null, lists or objects)", value)
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One usage event, validated, with its id and timestamp fixed at track time.
+
+    ``customer_id`` is Polar's ``external_customer_id``: your user or organization id.
+    """
+
+    customer_id: str
+    name: str
+    metadata: Mapping[str, Any]
+    timestamp: datetime
+    external_id: str
+
+    def to_polar(self) -> dict[str, Any]:
+        """The ``EventCreateExternalCustomer`` body Polar ingests (timestamp as ISO-8601 with offset)."""
+        return {
+            "name": self.name,
+            "external_customer_id": self.customer_id,
+            "external_id": self.external_id,
+            "timestamp": self.timestamp.isoformat(),
+            "metadata": dict(self.metadata),
+        }
+
+
+def validate_event(
+    customer_id: object,
+    name: object,
+    metadata: object = None,
+    *,
+    timestamp: object = None,
+    external_id: object = None,
+    now: datetime,
+) -> Event:
+    """Validate one event and stamp what the caller left out (timestamp = ``now``, a fresh id)."""
+    if not isinstance(customer_id, str) or not customer_id:
+        raise ValidationError("customer_id", "must be a non-empty string", customer_id)
+    _check_str(customer_id, "customer_id")
+    if not isinstance(name, str) or not name:
+        raise ValidationError("name", "must be a non-empty string", name)
+    if len(name) > MAX_NAME:
+        raise ValidationError("name", f"must be at most {MAX_NAME} characters", name)
+    _check_str(name, "name")
+    clean = validate_metadata(metadata)
+    ts = now if timestamp is None else parse_timestamp(timestamp, now=now)
+    if external_id is None:
+        eid = new_external_id()
+    else:
+        if not isinstance(external_id, str) or not external_id:
+            raise ValidationError("external_id", "must be a non-empty string", external_id)
+        _check_str(external_id, "external_id")
+        eid = external_id
+    return Event(customer_id, name, clean, ts, eid)
