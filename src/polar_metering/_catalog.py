@@ -1,6 +1,6 @@
 """Meters, their filters and aggregations, plans, and the catalog that both engines and ``setup`` read.
 
-The filter and aggregation model is Polar's (``reference/polar-api.md`` §2.2–2.3): nested and/or
+The filter and aggregation model is Polar's (``reference/polar-api.md`` §2.2, §2.3): nested and/or
 clauses with eight operators, and six aggregation functions. Everything here is validated when it is
 built, so a malformed meter fails at load with a message naming the meter and the field.
 """
@@ -49,7 +49,8 @@ _MIN_METER_NAME = 3  # Polar: MeterCreate.name has min length 3 (§2.2)
 
 
 def normalize_property(prop: str) -> str:
-    """Strip Polar's optional ``metadata.`` prefix: ``metadata.size_gb`` and ``size_gb`` are one key (§2.3)."""
+    """Strip Polar's optional ``metadata.`` prefix: ``metadata.size_gb`` and ``size_gb`` are one key
+    (§2.3)."""
     return prop[len("metadata.") :] if prop.startswith("metadata.") else prop
 
 
@@ -59,15 +60,21 @@ def _clause_value(value: object, where: str) -> ClauseValue:
         return value
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
-            raise ConfigurationError(f"{where}.value: must be a string, a whole number or a boolean, got {value!r}")
+            raise ConfigurationError(
+                f"{where}.value: must be a string, a whole number or a boolean, got {value!r}"
+            )
         value = int(value)
     if isinstance(value, int):
         if not _INT32[0] <= value <= _INT32[1]:
-            raise ConfigurationError(f"{where}.value: integers must fit in 32 bits (Polar's rule), got {value}")
+            raise ConfigurationError(
+                f"{where}.value: integers must fit in 32 bits (Polar's rule), got {value}"
+            )
         return value
     if isinstance(value, str):
         if len(value) > _MAX_FILTER_STRING:
-            raise ConfigurationError(f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters")
+            raise ConfigurationError(
+                f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters"
+            )
         return value
     raise ConfigurationError(f"{where}.value: must be a string, a whole number or a boolean, got {value!r}")
 
@@ -82,9 +89,9 @@ class FilterClause:
     value: ClauseValue
 
     def __post_init__(self) -> None:
-        if not isinstance(self.property, str) or not self.property:
+        if not isinstance(self.property, str) or not normalize_property(self.property):
             raise ConfigurationError("filter.clauses.property: must be a non-empty string")
-        if self.operator not in _OPERATORS:
+        if not isinstance(self.operator, str) or self.operator not in _OPERATORS:
             raise ConfigurationError(
                 f"filter.clauses.operator: must be one of {sorted(_OPERATORS)}, got {self.operator!r}"
             )
@@ -108,7 +115,9 @@ class Filter:
         clauses = tuple(self.clauses)
         for clause in clauses:
             if not isinstance(clause, FilterClause | Filter):
-                raise ConfigurationError(f"filter.clauses: each clause must be a FilterClause or Filter, got {clause!r}")
+                raise ConfigurationError(
+                    f"filter.clauses: each clause must be a FilterClause or Filter, got {clause!r}"
+                )
         object.__setattr__(self, "clauses", clauses)
 
     @classmethod
@@ -173,13 +182,13 @@ class Aggregation:
     property: str | None = None
 
     def __post_init__(self) -> None:
-        if self.func not in _FUNCS:
+        if not isinstance(self.func, str) or self.func not in _FUNCS:
             raise ConfigurationError(f"aggregation.func: must be one of {sorted(_FUNCS)}, got {self.func!r}")
         if self.func == "count":
             if self.property is not None:
                 raise ConfigurationError("aggregation.property: count takes no property")
             return
-        if not isinstance(self.property, str) or not self.property:
+        if not isinstance(self.property, str) or not normalize_property(self.property):
             raise ConfigurationError(f"aggregation.property: {self.func} needs the property to aggregate")
         object.__setattr__(self, "property", normalize_property(self.property))
 
@@ -241,13 +250,16 @@ class Meter:
     unit: MeterUnit = "scalar"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.slug, str) or not _SLUG.match(self.slug):
+        # fullmatch: with match, "$" would let a trailing newline through.
+        if not isinstance(self.slug, str) or not _SLUG.fullmatch(self.slug):
             raise ConfigurationError(
                 f"meter {self.slug!r}: slug must be lowercase letters, digits and underscores, "
                 "starting with a letter, at most 64 characters"
             )
         if not isinstance(self.name, str) or len(self.name) < _MIN_METER_NAME:
-            raise ConfigurationError(f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters")
+            raise ConfigurationError(
+                f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters"
+            )
         if not isinstance(self.filter, Filter):
             raise ConfigurationError(f"meter {self.slug!r}: filter must be a Filter")
         if not isinstance(self.aggregation, Aggregation):
@@ -312,7 +324,10 @@ class Meter:
                 agg = Aggregation.from_polar(data["aggregation"])
             else:
                 agg = Aggregation.from_polar(
-                    {"func": data.get("func", "count"), **({"property": data["property"]} if "property" in data else {})}
+                    {
+                        "func": data.get("func", "count"),
+                        **({"property": data["property"]} if "property" in data else {}),
+                    }
                 )
             return cls(
                 slug=slug,
@@ -344,13 +359,24 @@ class Plan:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigurationError("plan.name: must be a non-empty string")
         if self.interval not in ("month", "year"):
-            raise ConfigurationError(f"plan {self.name!r}: interval must be 'month' or 'year', got {self.interval!r}")
+            raise ConfigurationError(
+                f"plan {self.name!r}: interval must be 'month' or 'year', got {self.interval!r}"
+            )
+        if not isinstance(self.rollover, bool):
+            raise ConfigurationError(f"plan {self.name!r}: rollover must be true or false")
         if not isinstance(self.credits, Mapping):
             raise ConfigurationError(f"plan {self.name!r}: credits must map meter slugs to numbers")
         clean: dict[str, float] = {}
         for slug, units in self.credits.items():
-            if isinstance(units, bool) or not isinstance(units, int | float) or not math.isfinite(units) or units < 0:
-                raise ConfigurationError(f"plan {self.name!r}: credits[{slug!r}] must be a finite number >= 0")
+            if (
+                isinstance(units, bool)
+                or not isinstance(units, int | float)
+                or not math.isfinite(units)
+                or units < 0
+            ):
+                raise ConfigurationError(
+                    f"plan {self.name!r}: credits[{slug!r}] must be a finite number >= 0"
+                )
             clean[slug] = units
         object.__setattr__(self, "credits", clean)
 
@@ -385,7 +411,9 @@ class Catalog:
             if meter.slug in seen:
                 raise ConfigurationError(f"meter {meter.slug!r}: slug is defined twice")
             if meter.name in names:
-                raise ConfigurationError(f"meter {meter.slug!r}: name {meter.name!r} is used by another meter")
+                raise ConfigurationError(
+                    f"meter {meter.slug!r}: name {meter.name!r} is used by another meter"
+                )
             seen.add(meter.slug)
             names.add(meter.name)
         plan_names: set[str] = set()
@@ -439,7 +467,10 @@ def _catalog_from_toml(path: Path) -> Catalog:
     if unknown:
         raise ConfigurationError(f"catalog: {path}: unknown top-level keys {sorted(unknown)}")
     meters: list[Meter] = []
-    if data.get("defaults", True):
+    defaults = data.get("defaults", True)
+    if not isinstance(defaults, bool):
+        raise ConfigurationError(f"catalog: {path}: defaults must be true or false")
+    if defaults:
         meters.extend(DEFAULT_METERS)
     raw_meters = data.get("meters", {})
     if not isinstance(raw_meters, Mapping):
@@ -462,8 +493,12 @@ def _catalog_from_toml(path: Path) -> Catalog:
         if unknown:
             raise ConfigurationError(f"plan {name!r}: unknown keys {sorted(unknown)}")
         plans.append(
-            Plan(name, credits=table.get("credits", {}), interval=table.get("interval", "month"),
-                 rollover=bool(table.get("rollover", False)))
+            Plan(
+                name,
+                credits=table.get("credits", {}),
+                interval=table.get("interval", "month"),
+                rollover=table.get("rollover", False),
+            )
         )
     return Catalog(tuple(meters), tuple(plans))
 
@@ -475,7 +510,9 @@ def load_catalog(source: str | Path | Catalog | Iterable[Meter] | None = None) -
         return Catalog()
     if isinstance(source, Catalog):
         return source
-    if isinstance(source, Path) or (isinstance(source, str) and (source.endswith(".toml") or ":" not in source)):
+    if isinstance(source, Path) or (
+        isinstance(source, str) and (source.endswith(".toml") or ":" not in source)
+    ):
         return _catalog_from_toml(Path(source))
     if isinstance(source, str):
         module_name, _, attr = source.partition(":")

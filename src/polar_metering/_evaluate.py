@@ -1,4 +1,4 @@
-"""Meter evaluation with Polar's SQL semantics (``reference/polar-api.md`` §6.1–6.2), in pure Python.
+"""Meter evaluation with Polar's SQL semantics (``reference/polar-api.md`` §6.1, §6.2), in pure Python.
 
 Polar evaluates filters two ways: in SQL for balances and quantities, in Python for billing. Where
 they differ, this module follows the SQL path, because balances are what limits are checked against:
@@ -20,6 +20,7 @@ import json
 import math
 import operator
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 from polar_metering._catalog import Aggregation, Filter, FilterClause
@@ -65,8 +66,32 @@ def lookup(metadata: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def _pg_number(value: float) -> str:
+    # The SDK sends a float as Python's JSON text (repr); jsonb keeps it as a numeric with that scale
+    # and prints it positionally: 2.0 stays "2.0", 1e16 prints as "10000000000000000", and numeric has
+    # no negative zero.
+    if value == 0:
+        return "0.0"
+    return format(Decimal(repr(value)), "f")
+
+
+def _pg_json(value: Any) -> str:
+    # jsonb's text form: ", " and ": " separators, raw UTF-8, and object keys ordered shortest first,
+    # then bytewise (jsonb does not keep the order they were sent in).
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        keys = sorted(value, key=lambda k: (len(str(k).encode()), str(k).encode()))
+        return "{" + ", ".join(f"{_pg_json(str(k))}: {_pg_json(value[k])}" for k in keys) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_pg_json(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return json_text(value)
+
+
 def json_text(value: Any) -> str:
-    """What PostgreSQL's ``->>`` gives for a JSON value: strings raw, the rest as JSON text."""
+    """What PostgreSQL's ``->>`` gives for a JSON value: strings raw, the rest as jsonb prints them."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -74,10 +99,8 @@ def json_text(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value == int(value) and abs(value) < 1e16:
-            return str(int(value)) if not math.isnan(value) else "NaN"
-        return repr(value)
-    return json.dumps(value, separators=(", ", ": "), sort_keys=True)
+        return _pg_number(value)
+    return _pg_json(value)
 
 
 def _clause_text(value: str | int | bool) -> str:
@@ -98,10 +121,10 @@ def _compile_clause(clause: FilterClause) -> Matcher:
         negate = op == "not_like"
         if prop in _COLUMNS:
             idx = _COLUMNS.index(prop)
-            wrong_type = (prop != "timestamp" and not isinstance(expected, str)) or (
-                prop == "timestamp" and (isinstance(expected, bool) or not isinstance(expected, int | str))
-            )
-            if wrong_type and prop != "timestamp":
+            # §6.1: a clause value of the wrong type for the column (not str for name/source, not int
+            # for timestamp) makes the clause false, like included. Polar's check is isinstance(v, int),
+            # which lets a bool through: timestamp like True searches "t" in the epoch text.
+            if not isinstance(expected, int if prop == "timestamp" else str):
                 return lambda n, s, t, m: False
 
             def column_like(n: str, s: str, t: int, m: Mapping[str, Any]) -> bool:
@@ -189,7 +212,7 @@ def unique_key(value: Any) -> str | None:
         return None
     kind = type(value)
     if kind is str:
-        return "s:" + value
+        return f"s:{value}"
     if kind is bool:
         return "b:1" if value else "b:0"
     if kind is int:
@@ -198,7 +221,18 @@ def unique_key(value: Any) -> str | None:
         if math.isfinite(value) and value == int(value):
             return "n:" + str(int(value))
         return "n:" + repr(value)
-    return "o:" + json.dumps(value, sort_keys=True, separators=(",", ":"))
+    # jsonb equality ignores key order and compares nested numbers numerically.
+    return "o:" + json.dumps(_unique_canonical(value), sort_keys=True, separators=(",", ":"))
+
+
+def _unique_canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _unique_canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unique_canonical(v) for v in value]
+    if type(value) is float and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value
 
 
 def unique_reader(agg: Aggregation) -> Callable[[Mapping[str, Any]], str | None]:

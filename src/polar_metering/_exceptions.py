@@ -125,7 +125,9 @@ class BackendError(MeteringError):
 
     retryable: bool = False
 
-    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retryable: bool | None = None
+    ) -> None:
         self.status_code = status_code
         if retryable is not None:
             self.retryable = retryable
@@ -143,7 +145,9 @@ class RateLimited(BackendError):
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status_code: int | None = 429) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
+    ) -> None:
         self.retry_after = retry_after
         super().__init__(message, status_code=status_code)
 
@@ -159,7 +163,9 @@ class NotFound(BackendError):
 class RemoteValidationError(BackendError):
     """Polar (or the emulator) rejected a request with 422. ``detail`` is its list of errors."""
 
-    def __init__(self, message: str, *, detail: list[dict[str, Any]] | None = None, status_code: int = 422) -> None:
+    def __init__(
+        self, message: str, *, detail: list[dict[str, Any]] | None = None, status_code: int = 422
+    ) -> None:
         self.detail = detail or []
         super().__init__(message, status_code=status_code)
 

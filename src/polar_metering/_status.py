@@ -16,7 +16,9 @@ def _fmt(value: float) -> str:
     """Render a quantity the way a person writes it: 10 not 10.0, 2.5 stays 2.5."""
     if math.isfinite(value) and value == int(value):
         return str(int(value))
-    return f"{value:g}"
+    # 15 significant digits: what a float holds reliably. Plain :g keeps 6 and turns 1234567.5 into
+    # "1.23457e+06", which misstates a customer's usage.
+    return f"{value:.15g}"
 
 
 def limit_reason(current: float, limit: float) -> str:
@@ -85,6 +87,9 @@ class MeterReading:
     period_start: datetime | None = None
     period_end: datetime | None = None
     reserved: float = 0.0
+    #: how many values the aggregation has seen (events for count, numeric values for sum/avg...);
+    #: lets ``avg`` meters project the effect of one more value
+    samples: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,9 @@ class Backend(ABC):
     #: True when ``reading`` reflects every ingested event at once (the local engine); False when the
     #: backend lags (Polar's ~15 s debounce), so the client overlays its own unsettled usage.
     settles_immediately: ClassVar[bool] = True
+    #: True when ``ingest`` never waits on I/O (an in-memory hand-off to a durable outbox writer), so
+    #: the async client may call it on the event loop instead of hopping to a thread.
+    nonblocking_ingest: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -169,6 +172,11 @@ class Backend(ABC):
     def readings(self, customer: str) -> dict[str, MeterReading]:
         """Readings on every catalog meter."""
         return {m.slug: self.reading(customer, m) for m in self.catalog.meters}
+
+    def peek(self, customer: str, meter: Meter) -> MeterReading | None:
+        """A reading available without I/O (a fresh cache entry), or ``None``. The async client uses it
+        to answer on the event loop."""
+        return None
 
     def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
         """For ``unique`` meters: whether ``value`` is already counted this period."""

@@ -1,0 +1,159 @@
+"""Module-level functions acting on the default client that :func:`init` installs.
+
+There is one default client per process, created only by ``init()`` (never implicitly), replaced by
+a later ``init()`` and closed by ``shutdown()``. Apps that want several clients build
+:class:`Metering` objects themselves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from polar_metering._catalog import Catalog, Meter, Plan
+from polar_metering._client import Metering, Reservation
+from polar_metering._events import Event, MetadataValue
+from polar_metering._exceptions import ConfigurationError
+from polar_metering._status import SafeResult, TrackingResult, UsageStatus
+
+__all__ = [
+    "check_current_limit",
+    "check_limit",
+    "flush",
+    "get_all_usage",
+    "get_client",
+    "init",
+    "reserve",
+    "shutdown",
+    "subscribe",
+    "track_ai_tokens",
+    "track_api_request",
+    "track_seat_activity",
+    "track_storage_update",
+    "track_usage",
+    "track_usage_batch",
+    "with_usage_limit",
+    "with_usage_limit_safe",
+]
+
+T = TypeVar("T")
+_default: Metering | None = None
+_lock = threading.Lock()
+_atexit_registered = False
+
+
+def init(
+    url: str | None = None,
+    *,
+    meters: Iterable[Meter] | None = None,
+    plans: Iterable[Plan] | None = None,
+    catalog: Catalog | str | None = None,
+    **options: Any,
+) -> Metering:
+    """Create the default client (closing any previous one) and return it.
+
+    ``url`` selects the backend (``sqlite:///metering.db`` by default, or ``METERING_URL``);
+    ``meters``/``catalog`` define the meters (the four defaults otherwise); ``plans`` the local plans.
+    Other keyword options are those of :class:`MeteringConfig`.
+    """
+    global _default, _atexit_registered
+    client = Metering(url, meters=meters, plans=plans, catalog=catalog, **options)
+    with _lock:
+        previous, _default = _default, client
+        if not _atexit_registered:
+            atexit.register(_close_at_exit)
+            _atexit_registered = True
+    if previous is not None:
+        previous.close()
+    return client
+
+
+def _close_at_exit() -> None:
+    # Deliver what is pending, within a deadline, so a process exit never hangs on a dead backend.
+    client = _default
+    if client is not None:
+        client.close(timeout=5.0)
+
+
+def get_client() -> Metering:
+    """The default client; ``ConfigurationError`` if ``init()`` has not been called."""
+    client = _default
+    if client is None:
+        raise ConfigurationError("polar_metering: call polar_metering.init() before using module-level functions")
+    return client
+
+
+def shutdown(timeout: float | None = None) -> None:
+    """Flush and close the default client, if any."""
+    global _default
+    with _lock:
+        client, _default = _default, None
+    if client is not None:
+        client.close(timeout)
+
+
+def track_usage(customer_id: str, event_name: str, metadata: Mapping[str, MetadataValue] | None = None, *,
+                timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
+    return get_client().track_usage(customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id)
+
+
+def track_usage_batch(events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
+    return get_client().track_usage_batch(events)
+
+
+def track_api_request(customer_id: str, endpoint: str, *, method: str = "GET", status_code: int | None = None,
+                      duration_ms: float | None = None) -> TrackingResult:
+    return get_client().track_api_request(customer_id, endpoint, method=method, status_code=status_code,
+                                          duration_ms=duration_ms)
+
+
+def track_storage_update(customer_id: str, size_gb: float, *, operation: str | None = None) -> TrackingResult:
+    return get_client().track_storage_update(customer_id, size_gb, operation=operation)
+
+
+def track_ai_tokens(customer_id: str, tokens: int, *, model: str | None = None,
+                    type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+    return get_client().track_ai_tokens(customer_id, tokens, model=model, type=type)
+
+
+def track_seat_activity(customer_id: str, user_id: str, *, action: str | None = None) -> TrackingResult:
+    return get_client().track_seat_activity(customer_id, user_id, action=action)
+
+
+def check_limit(customer_id: str, meter: str, *, amount: float | None = None,
+                value: MetadataValue | None = None) -> UsageStatus:
+    return get_client().check_limit(customer_id, meter, amount=amount, value=value)
+
+
+def check_current_limit(meter: str, *, amount: float | None = None, value: MetadataValue | None = None) -> UsageStatus:
+    return get_client().check_current_limit(meter, amount=amount, value=value)
+
+
+def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus]:
+    return get_client().get_all_usage(customer_id)
+
+
+def with_usage_limit(meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
+                     amount: float | None = None, **kwargs: Any) -> T:
+    return get_client().with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount, **kwargs)
+
+
+def with_usage_limit_safe(meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
+                          amount: float | None = None, **kwargs: Any) -> SafeResult[T]:
+    return get_client().with_usage_limit_safe(meter, action, *args, customer_id=customer_id, amount=amount,
+                                              **kwargs)
+
+
+def reserve(customer_id: str, meter: str, amount: float, *, ttl: float | None = None) -> Reservation:
+    return get_client().reserve(customer_id, meter, amount, ttl=ttl)
+
+
+def subscribe(customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
+    get_client().subscribe(customer_id, plan, started_at=started_at)
+
+
+def flush(timeout: float | None = None) -> bool:
+    return get_client().flush(timeout)

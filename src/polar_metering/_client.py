@@ -1,0 +1,629 @@
+"""``Metering`` and ``AsyncMetering``: thin sync and async shells over one sans-I/O core.
+
+The core (:class:`_Core`) validates input, builds events, and turns readings into decisions. The
+shells only differ in how they reach the backend: directly, or from a worker thread (with the
+caller's context copied) so the event loop never waits on a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from polar_metering._catalog import Catalog, Meter, Plan
+from polar_metering._config import MeteringConfig, build_config
+from polar_metering._context import current_customer as _current_customer_cm
+from polar_metering._context import require_current_customer
+from polar_metering._events import Event, MetadataValue, validate_event
+from polar_metering._exceptions import (
+    BackendError,
+    ConfigurationError,
+    ReservationError,
+    UsageLimitExceeded,
+    ValidationError,
+)
+from polar_metering._projection import decide
+from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
+from polar_metering.backends._base import Backend, Hold, IngestResult, backend_class_for, parse_backend_url
+
+__all__ = ["AsyncMetering", "AsyncReservation", "Metering", "Reservation"]
+
+logger = logging.getLogger("polar_metering")
+T = TypeVar("T")
+
+_TOKEN_TYPES = ("input", "output", "total")
+
+
+def _require_str(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, "must be a non-empty string", value)
+    return value
+
+
+def _require_number(value: object, field: str, *, integral: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(field, "must be a number", value)
+    if not math.isfinite(value):
+        raise ValidationError(field, "must be finite", value)
+    if value < 0:
+        raise ValidationError(field, "must be >= 0", value)
+    if integral and value != int(value):
+        raise ValidationError(field, "must be a whole number", value)
+    return int(value) if integral else value
+
+
+class _Core:
+    """Everything that needs no I/O: validation, event building, decisions."""
+
+    def __init__(self, config: MeteringConfig) -> None:
+        self.config = config
+        self.catalog = config.catalog
+        self.clock = config.clock
+
+    # -- events -----------------------------------------------------------------------------------
+    def event(
+        self, customer_id: object, name: object, metadata: object = None, *, timestamp: object = None,
+        external_id: object = None,
+    ) -> Event:
+        return validate_event(customer_id, name, metadata, timestamp=timestamp, external_id=external_id,
+                              now=self.clock.now())
+
+    def batch(self, items: object) -> tuple[list[Event], list[tuple[int, ValidationError]]]:
+        """Validate each item on its own: valid events go ahead even when others are rejected."""
+        if isinstance(items, Mapping | str | bytes) or not isinstance(items, Iterable):
+            raise ValidationError("events", "must be a list of events (dicts or Event objects)", items)
+        good: list[Event] = []
+        bad: list[tuple[int, ValidationError]] = []
+        now = self.clock.now()
+        for i, item in enumerate(items):
+            try:
+                good.append(self._batch_item(item, now))
+            except ValidationError as e:
+                bad.append((i, ValidationError(f"events[{i}].{e.field}", e.rule, e.value)))
+        return good, bad
+
+    def _batch_item(self, item: object, now: datetime) -> Event:
+        if isinstance(item, Event):
+            return validate_event(item.customer_id, item.name, item.metadata, timestamp=item.timestamp,
+                                  external_id=item.external_id, now=now)
+        if not isinstance(item, Mapping):
+            raise ValidationError("event", "must be a dict or an Event", item)
+        aliases = {"customer_id": ("customer_id", "external_customer_id", "externalCustomerId"),
+                   "name": ("event_name", "name", "eventName"),
+                   "metadata": ("metadata", "properties")}
+        values: dict[str, Any] = {}
+        for key, names in aliases.items():
+            present = [n for n in names if n in item]
+            if len(present) > 1:
+                raise ValidationError(key, f"give only one of {present}", None)
+            values[key] = item[present[0]] if present else None
+        known = {n for names in aliases.values() for n in names} | {"timestamp", "external_id", "externalId"}
+        unknown = set(item) - known
+        if unknown:
+            raise ValidationError(sorted(unknown)[0], "is not an event field (customer_id, event_name, metadata, "
+                                  "timestamp, external_id)", None)
+        return validate_event(values["customer_id"], values["name"], values["metadata"],
+                              timestamp=item.get("timestamp"),
+                              external_id=item.get("external_id", item.get("externalId")), now=now)
+
+    def api_request(self, customer_id: object, endpoint: object, method: object, status_code: object,
+                    duration_ms: object) -> Event:
+        md: dict[str, MetadataValue] = {"endpoint": _require_str(endpoint, "endpoint"),
+                                        "method": _require_str(method, "method").upper()}
+        if status_code is not None:
+            if isinstance(status_code, bool) or not isinstance(status_code, int) or not 100 <= status_code <= 599:
+                raise ValidationError("status_code", "must be an HTTP status code from 100 to 599", status_code)
+            md["status_code"] = status_code
+        if duration_ms is not None:
+            md["duration_ms"] = _require_number(duration_ms, "duration_ms")
+        return self.event(customer_id, "api.request", md)
+
+    def storage_update(self, customer_id: object, size_gb: object, operation: object) -> Event:
+        md: dict[str, MetadataValue] = {"size_gb": _require_number(size_gb, "size_gb")}
+        if operation is not None:
+            md["operation"] = _require_str(operation, "operation")
+        return self.event(customer_id, "storage.update", md)
+
+    def ai_tokens(self, customer_id: object, tokens: object, model: object, type_: object) -> Event:
+        md: dict[str, MetadataValue] = {"tokens": _require_number(tokens, "tokens", integral=True)}
+        if model is not None:
+            md["model"] = _require_str(model, "model")
+        if type_ is not None:
+            if type_ not in _TOKEN_TYPES:
+                raise ValidationError("type", f"must be one of {list(_TOKEN_TYPES)}", type_)
+            md["type"] = type_
+        return self.event(customer_id, "ai.tokens", md)
+
+    def seat_activity(self, customer_id: object, user_id: object, action: object) -> Event:
+        md: dict[str, MetadataValue] = {"user_id": _require_str(user_id, "user_id")}
+        if action is not None:
+            md["action"] = _require_str(action, "action")
+        return self.event(customer_id, "seat.active", md)
+
+    # -- results ----------------------------------------------------------------------------------
+    def invalid(self, error: ValidationError, index: int = 0) -> TrackingResult:
+        if self.config.strict:
+            raise error
+        logger.warning("polar_metering: event rejected: %s", error)
+        return TrackingResult(False, 0, 0, str(error), ((index, str(error)),))
+
+    def tracked(self, events: list[Event], result: IngestResult,
+                rejected: list[tuple[int, ValidationError]] = ()) -> TrackingResult:  # type: ignore[assignment]
+        return TrackingResult(
+            success=not rejected, inserted=result.inserted, duplicates=result.duplicates,
+            error=f"{len(rejected)} event(s) rejected: {rejected[0][1]}" if rejected else None,
+            rejected=tuple((i, str(e)) for i, e in rejected), external_ids=tuple(e.external_id for e in events),
+        )
+
+    def failed(self, exc: BaseException, events: list[Event]) -> TrackingResult:
+        # Never raise into the caller for backend trouble (DESIGN §3); say what happened instead.
+        logger.warning("polar_metering: tracking failed: %s", exc)
+        return TrackingResult(False, 0, 0, f"{type(exc).__name__}: {exc}",
+                              external_ids=tuple(e.external_id for e in events))
+
+    # -- limits -----------------------------------------------------------------------------------
+    def limit_args(self, customer_id: object, meter: object, amount: object) -> tuple[str, Meter, float | None]:
+        customer = _require_str(customer_id, "customer_id")
+        if not isinstance(meter, str):
+            raise ValidationError("meter", "must be a meter slug such as 'api_requests'", meter)
+        try:
+            m = self.catalog.meter(meter)
+        except ConfigurationError as e:
+            raise ValidationError("meter", str(e).removeprefix("meter: "), meter) from None
+        amt = None if amount is None else float(_require_number(amount, "amount"))
+        return customer, m, amt
+
+    def status(self, meter: Meter, reading: MeterReading, amount: float | None, already_counted: bool = False,
+               stale: bool = False) -> UsageStatus:
+        return decide(meter.aggregation.func, reading, amount, already_counted=already_counted, stale=stale)
+
+    def unavailable(self, meter: Meter, customer: str, exc: BackendError) -> UsageStatus:
+        if not self.config.fail_open:
+            raise exc
+        logger.warning("polar_metering: limit check for %s failed, allowing (fail-open): %s", meter.slug, exc)
+        return UsageStatus(True, 0.0, None, None, f"usage unknown: {exc}", meter=meter.slug, customer=customer,
+                           stale=True)
+
+    def usage_events(self, hold: Hold, meter: Meter, actual: float | None, value: object,
+                     metadata: Mapping[str, Any] | None) -> list[Event]:
+        """The events that record a reservation's actual usage on its meter's behalf."""
+        name, fixed = meter.filter.event_template()
+        if name is None:
+            raise ConfigurationError(
+                f"reserve: meter {meter.slug!r} has no top-level `name eq ...` clause, so the library cannot "
+                "record usage for it; track the usage yourself and call release()"
+            )
+        func, prop = meter.aggregation.func, meter.aggregation.property
+        extra = dict(metadata or {})
+        amount = hold.amount if actual is None else float(_require_number(actual, "actual"))
+        if func == "count":
+            if amount != int(amount):
+                raise ValidationError("actual", "must be a whole number of events for a count meter", actual)
+            return [self.event(hold.customer, name, {**extra, **fixed}) for _ in range(int(amount))]
+        assert prop is not None
+        if func == "unique":
+            if value is None:
+                raise ValidationError("value", f"the distinct {prop!r} value is required for unique meters", value)
+            return [self.event(hold.customer, name, {**extra, **fixed, prop: value})]
+        number: MetadataValue = int(amount) if amount == int(amount) else amount
+        return [self.event(hold.customer, name, {**extra, **fixed, prop: number})]
+
+
+def _make_backend(config: MeteringConfig) -> Backend:
+    url = parse_backend_url(config.url)
+    cls = backend_class_for(url)
+    options = dict(config.backend_options)
+    if url.scheme == "polar":
+        options.setdefault("config", config)
+    return cls(url, catalog=config.catalog, clock=config.clock, **options)
+
+
+class _Base:
+    _core: _Core
+    backend: Backend
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._core.catalog
+
+    @property
+    def config(self) -> MeteringConfig:
+        return self._core.config
+
+    def current_customer(self, customer_id: str) -> Any:
+        """``with client.current_customer("org_456"):`` sets the customer ``check_current_limit`` reads."""
+        return _current_customer_cm(customer_id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.backend!r})"
+
+
+class Metering(_Base):
+    """The synchronous client. ``Metering()`` uses ``METERING_URL`` or an embedded SQLite file.
+
+    Keyword options are those of :class:`MeteringConfig`; unknown ones raise ``ConfigurationError``.
+    """
+
+    def __init__(self, url: str | None = None, *, config: MeteringConfig | None = None, **options: Any) -> None:
+        if config is not None and (url is not None or options):
+            raise ConfigurationError("Metering: give either config= or url/options, not both")
+        self._core = _Core(config or build_config(url, **options))
+        self.backend = _make_backend(self._core.config)
+        self._closed = False
+        self._aio: AsyncMetering | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def aio(self) -> AsyncMetering:
+        """An async twin sharing this client's backend."""
+        if self._aio is None:
+            self._aio = AsyncMetering._sharing(self)
+        return self._aio
+
+    # -- tracking ---------------------------------------------------------------------------------
+    def _ingest(self, events: list[Event], rejected: list[tuple[int, ValidationError]] = ()) -> TrackingResult:  # type: ignore[assignment]
+        try:
+            result = self.backend.ingest(events) if events else IngestResult(0, 0)
+        except Exception as e:  # noqa: BLE001 - tracking never raises into the caller
+            return self._core.failed(e, events)
+        return self._core.tracked(events, result, rejected)
+
+    def track_usage(self, customer_id: str, event_name: str, metadata: Mapping[str, MetadataValue] | None = None,
+                    *, timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
+        """Record one event. Returns a :class:`TrackingResult`; never raises for backend trouble."""
+        try:
+            event = self._core.event(customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id)
+        except ValidationError as e:
+            return self._core.invalid(e)
+        return self._ingest([event])
+
+    def track_usage_batch(self, events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
+        """Record many events at once; invalid ones are listed in ``rejected`` and the rest are kept."""
+        try:
+            good, bad = self._core.batch(events)
+        except ValidationError as e:
+            return self._core.invalid(e)
+        if bad and self._core.config.strict:
+            from polar_metering._exceptions import BatchValidationError
+
+            raise BatchValidationError(bad)
+        for i, e in bad:
+            logger.warning("polar_metering: event %d rejected: %s", i, e)
+        return self._ingest(good, bad)
+
+    def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
+        try:
+            event = build()
+        except ValidationError as e:
+            return self._core.invalid(e)
+        return self._ingest([event])
+
+    def track_api_request(self, customer_id: str, endpoint: str, *, method: str = "GET",
+                          status_code: int | None = None, duration_ms: float | None = None) -> TrackingResult:
+        """Record an ``api.request`` event (counted by the ``api_requests`` meter)."""
+        return self._track_one(lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms))
+
+    def track_storage_update(self, customer_id: str, size_gb: float, *, operation: str | None = None) -> TrackingResult:
+        """Record the customer's current storage in GB (``storage_gb`` bills the period's peak)."""
+        return self._track_one(lambda: self._core.storage_update(customer_id, size_gb, operation))
+
+    def track_ai_tokens(self, customer_id: str, tokens: int, *, model: str | None = None,
+                        type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+        """Record AI tokens used (``ai_tokens`` sums them)."""
+        return self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
+
+    def track_seat_activity(self, customer_id: str, user_id: str, *, action: str | None = None) -> TrackingResult:
+        """Record that ``user_id`` was active (``team_seats`` counts distinct users)."""
+        return self._track_one(lambda: self._core.seat_activity(customer_id, user_id, action))
+
+    # -- limits -----------------------------------------------------------------------------------
+    def check_limit(self, customer_id: str, meter: str, *, amount: float | None = None,
+                    value: MetadataValue | None = None) -> UsageStatus:
+        """May ``customer_id`` go ahead on ``meter`` (with an action of ``amount`` units, if given)?"""
+        customer, m, amt = self._core.limit_args(customer_id, meter, amount)
+        try:
+            reading = self.backend.reading(customer, m)
+            counted = value is not None and m.aggregation.func == "unique" and self.backend.is_counted(customer, m, value)
+        except BackendError as e:
+            return self._core.unavailable(m, customer, e)
+        if value is not None and amt is None and m.aggregation.func == "unique":
+            amt = 1.0
+        return self._core.status(m, reading, amt, counted)
+
+    def check_current_limit(self, meter: str, *, amount: float | None = None,
+                            value: MetadataValue | None = None) -> UsageStatus:
+        """``check_limit`` for the current customer (set by ``current_customer`` or an integration)."""
+        return self.check_limit(require_current_customer(), meter, amount=amount, value=value)
+
+    def get_all_usage(self, customer_id: str | None = None) -> dict[str, UsageStatus]:
+        """A status for every meter of the catalog, keyed by slug."""
+        customer = _require_str(customer_id if customer_id is not None else require_current_customer(), "customer_id")
+        try:
+            readings = self.backend.readings(customer)
+        except BackendError as e:
+            return {m.slug: self._core.unavailable(m, customer, e) for m in self.catalog.meters}
+        return {m.slug: self._core.status(m, readings[m.slug], None) for m in self.catalog.meters}
+
+    def with_usage_limit(self, meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
+                         amount: float | None = None, **kwargs: Any) -> T:
+        """Run ``action(*args, **kwargs)`` if the limit allows it, else raise :class:`UsageLimitExceeded`.
+
+        With ``amount``, the units are reserved while the action runs, so concurrent callers cannot both
+        take the last units; the action records its own usage (as in the seed guide) and the hold is
+        then released.
+        """
+        customer = customer_id if customer_id is not None else require_current_customer()
+        if amount is None:
+            status = self.check_limit(customer, meter)
+            if not status.allowed:
+                raise UsageLimitExceeded(status, meter=meter, customer=customer)
+            return action(*args, **kwargs)
+        with self.reserve(customer, meter, amount):
+            return action(*args, **kwargs)
+
+    def with_usage_limit_safe(self, meter: str, action: Callable[..., T], *args: Any,
+                              customer_id: str | None = None, amount: float | None = None,
+                              **kwargs: Any) -> SafeResult[T]:
+        """Like ``with_usage_limit`` but returns a :class:`SafeResult` instead of raising."""
+        try:
+            data = self.with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount, **kwargs)
+        except UsageLimitExceeded as e:
+            return SafeResult(False, None, e.status.reason, e.status)
+        except Exception as e:  # noqa: BLE001 - the safe variant reports every failure as a value
+            return SafeResult(False, None, f"{type(e).__name__}: {e}")
+        return SafeResult(True, data)
+
+    def reserve(self, customer_id: str, meter: str, amount: float, *, ttl: float | None = None) -> Reservation:
+        """Hold ``amount`` units now or raise :class:`UsageLimitExceeded`; use as a context manager."""
+        customer, m, amt = self._core.limit_args(customer_id, meter, amount)
+        assert amt is not None
+        hold, reading = self.backend.hold(customer, m, amt, ttl=ttl or self.config.reservation_ttl)
+        if hold is None:
+            raise UsageLimitExceeded(self._core.status(m, reading, amt), meter=m.slug, customer=customer)
+        return Reservation(self, hold, m)
+
+    # -- plans and lifecycle ----------------------------------------------------------------------
+    def subscribe(self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
+        """Put a customer on a plan (local engine), with billing periods anchored at ``started_at``."""
+        customer = _require_str(customer_id, "customer_id")
+        if isinstance(plan, str):
+            try:
+                plan = self.catalog.plan(plan)
+            except ConfigurationError:
+                pass  # the engine may know plans stored by another process
+        self.backend.subscribe(customer, plan, started_at)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything tracked so far is stored or delivered; False if ``timeout`` ran out."""
+        return self.backend.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout`` and release the backend. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.backend.close(timeout)
+
+    def __enter__(self) -> Metering:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Reservation:
+    """Units held for one action. ``commit(actual)`` records the usage; leaving the ``with`` block
+    without committing, or with an exception, releases the hold."""
+
+    def __init__(self, client: Metering, hold: Hold, meter: Meter) -> None:
+        self._client, self.hold, self.meter = client, hold, meter
+        self._done: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def amount(self) -> float:
+        return self.hold.amount
+
+    def _finish(self, how: str) -> None:
+        with self._lock:
+            if self._done is not None:
+                raise ReservationError(f"reservation {self.hold.id}: already {self._done}")
+            self._done = how
+
+    def commit(self, actual: float | None = None, *, value: MetadataValue | None = None,
+               metadata: Mapping[str, MetadataValue] | None = None) -> TrackingResult:
+        """Record ``actual`` units (default: the amount held) and end the hold, atomically."""
+        events = self._client._core.usage_events(self.hold, self.meter, actual, value, metadata)
+        self._finish("committed")
+        result = self._client.backend.settle(self.hold, events)
+        return self._client._core.tracked(events, result)
+
+    def release(self) -> None:
+        """End the hold without recording usage."""
+        self._finish("released")
+        self._client.backend.release(self.hold)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._done is None:
+            self.release()
+
+
+class AsyncMetering(_Base):
+    """The asyncio client: the same methods as :class:`Metering`, as coroutines.
+
+    Backend calls run in a worker thread with the caller's context, unless the backend can answer
+    without I/O (a cached reading, an in-memory hand-off to the outbox).
+    """
+
+    def __init__(self, url: str | None = None, *, config: MeteringConfig | None = None, **options: Any) -> None:
+        self._sync = Metering(url, config=config, **options)
+        self._core, self.backend = self._sync._core, self._sync.backend
+
+    @classmethod
+    def _sharing(cls, sync: Metering) -> AsyncMetering:
+        self = cls.__new__(cls)
+        self._sync, self._core, self.backend = sync, sync._core, sync.backend
+        return self
+
+    @property
+    def sync(self) -> Metering:
+        """The synchronous client over the same backend."""
+        return self._sync
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def track_usage(self, customer_id: str, event_name: str,
+                          metadata: Mapping[str, MetadataValue] | None = None, *,
+                          timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
+        try:
+            event = self._core.event(customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id)
+        except ValidationError as e:
+            return self._core.invalid(e)
+        return await self._ingest([event])
+
+    async def _ingest(self, events: list[Event],
+                      rejected: list[tuple[int, ValidationError]] = ()) -> TrackingResult:  # type: ignore[assignment]
+        if self.backend.nonblocking_ingest:
+            return self._sync._ingest(events, rejected)
+        return await self._run(self._sync._ingest, events, rejected)
+
+    async def track_usage_batch(self, events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
+        if self.backend.nonblocking_ingest:
+            return self._sync.track_usage_batch(events)
+        return await self._run(self._sync.track_usage_batch, list(events) if not isinstance(events, list) else events)
+
+    async def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
+        try:
+            event = build()
+        except ValidationError as e:
+            return self._core.invalid(e)
+        return await self._ingest([event])
+
+    async def track_api_request(self, customer_id: str, endpoint: str, *, method: str = "GET",
+                                status_code: int | None = None, duration_ms: float | None = None) -> TrackingResult:
+        return await self._track_one(
+            lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms))
+
+    async def track_storage_update(self, customer_id: str, size_gb: float, *,
+                                   operation: str | None = None) -> TrackingResult:
+        return await self._track_one(lambda: self._core.storage_update(customer_id, size_gb, operation))
+
+    async def track_ai_tokens(self, customer_id: str, tokens: int, *, model: str | None = None,
+                              type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+        return await self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
+
+    async def track_seat_activity(self, customer_id: str, user_id: str, *,
+                                  action: str | None = None) -> TrackingResult:
+        return await self._track_one(lambda: self._core.seat_activity(customer_id, user_id, action))
+
+    async def check_limit(self, customer_id: str, meter: str, *, amount: float | None = None,
+                          value: MetadataValue | None = None) -> UsageStatus:
+        customer, m, amt = self._core.limit_args(customer_id, meter, amount)
+        if value is None:
+            reading = self.backend.peek(customer, m)
+            if reading is not None:
+                return self._core.status(m, reading, amt)
+        return await self._run(self._sync.check_limit, customer, meter, amount=amount, value=value)
+
+    async def check_current_limit(self, meter: str, *, amount: float | None = None,
+                                  value: MetadataValue | None = None) -> UsageStatus:
+        return await self.check_limit(require_current_customer(), meter, amount=amount, value=value)
+
+    async def get_all_usage(self, customer_id: str | None = None) -> dict[str, UsageStatus]:
+        customer = customer_id if customer_id is not None else require_current_customer()
+        return await self._run(self._sync.get_all_usage, customer)
+
+    async def with_usage_limit(self, meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
+                               customer_id: str | None = None, amount: float | None = None, **kwargs: Any) -> T:
+        """Run a sync callable or coroutine function if the limit allows; raise UsageLimitExceeded if not."""
+        customer = customer_id if customer_id is not None else require_current_customer()
+        if amount is None:
+            status = await self.check_limit(customer, meter)
+            if not status.allowed:
+                raise UsageLimitExceeded(status, meter=meter, customer=customer)
+            return await _call(action, *args, **kwargs)
+        async with await self.reserve(customer, meter, amount):
+            return await _call(action, *args, **kwargs)
+
+    async def with_usage_limit_safe(self, meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
+                                    customer_id: str | None = None, amount: float | None = None,
+                                    **kwargs: Any) -> SafeResult[T]:
+        try:
+            data = await self.with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount,
+                                               **kwargs)
+        except UsageLimitExceeded as e:
+            return SafeResult(False, None, e.status.reason, e.status)
+        except Exception as e:  # noqa: BLE001
+            return SafeResult(False, None, f"{type(e).__name__}: {e}")
+        return SafeResult(True, data)
+
+    async def reserve(self, customer_id: str, meter: str, amount: float, *,
+                      ttl: float | None = None) -> AsyncReservation:
+        """``async with await client.reserve(...) as r:`` or ``r = await client.reserve(...)``."""
+        sync_res = await self._run(self._sync.reserve, customer_id, meter, amount, ttl=ttl)
+        return AsyncReservation(self, sync_res)
+
+    async def subscribe(self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
+        await self._run(self._sync.subscribe, customer_id, plan, started_at=started_at)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        return await self._run(self._sync.flush, timeout)
+
+    async def close(self, timeout: float | None = None) -> None:
+        await self._run(self._sync.close, timeout)
+
+    async def __aenter__(self) -> AsyncMetering:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncReservation:
+    """The async twin of :class:`Reservation`."""
+
+    def __init__(self, client: AsyncMetering, inner: Reservation) -> None:
+        self._client, self._inner = client, inner
+
+    @property
+    def hold(self) -> Hold:
+        return self._inner.hold
+
+    @property
+    def amount(self) -> float:
+        return self._inner.amount
+
+    async def commit(self, actual: float | None = None, *, value: MetadataValue | None = None,
+                     metadata: Mapping[str, MetadataValue] | None = None) -> TrackingResult:
+        return await self._client._run(self._inner.commit, actual, value=value, metadata=metadata)
+
+    async def release(self) -> None:
+        await self._client._run(self._inner.release)
+
+    async def __aenter__(self) -> AsyncReservation:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._inner._done is None:
+            await self.release()
+
+
+async def _call(action: Callable[..., T | Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    result = action(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return await result  # type: ignore[no-any-return]
+    return result
+

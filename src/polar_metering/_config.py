@@ -1,0 +1,102 @@
+"""Configuration: keyword-only options in one frozen object, environment variables only as fallbacks.
+
+Environment variables (read only when the matching option is not given):
+
+========================  =====================================================================
+``METERING_URL``          backend URL; default ``sqlite:///metering.db`` (a file in the working dir)
+``POLAR_ACCESS_TOKEN``    token for ``polar://`` (an organization token)
+``POLAR_ENVIRONMENT``     ``sandbox`` or ``production`` (default ``production``)
+``POLAR_BASE_URL``        send Polar requests to another server, e.g. the emulator
+``METERING_OUTBOX``       path of the durable outbox file for ``polar://``
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from polar_metering._catalog import Catalog, Meter, Plan, load_catalog
+from polar_metering._clock import Clock, SystemClock
+from polar_metering._exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_URL", "MeteringConfig", "build_config"]
+
+DEFAULT_URL = "sqlite:///metering.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeteringConfig:
+    """Everything a client needs, validated. ``access_token`` never appears in ``repr``."""
+
+    url: str = DEFAULT_URL
+    catalog: Catalog = field(default_factory=Catalog)
+    clock: Clock = field(default_factory=SystemClock)
+    access_token: str | None = field(default=None, repr=False)
+    environment: Literal["sandbox", "production"] = "production"
+    base_url: str | None = None
+    #: on a backend failure during a limit check: True allows (and marks the status stale),
+    #: False raises the BackendError
+    fail_open: bool = True
+    #: raise ValidationError from track_* instead of reporting it in TrackingResult
+    strict: bool = False
+    reservation_ttl: float = 300.0
+    cache_ttl: float = 5.0
+    stale_after: float = 300.0
+    cache_size: int = 10_000
+    outbox_path: str | None = None
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("reservation_ttl", "cache_ttl", "stale_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigurationError(f"{name}: must be a finite number of seconds >= 0, got {value!r}")
+        if self.reservation_ttl <= 0:
+            raise ConfigurationError("reservation_ttl: must be > 0 seconds")
+        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 1:
+            raise ConfigurationError(f"cache_size: must be an integer >= 1, got {self.cache_size!r}")
+        if self.environment not in ("sandbox", "production"):
+            raise ConfigurationError(f"environment: must be 'sandbox' or 'production', got {self.environment!r}")
+        if not isinstance(self.clock, Clock):
+            raise ConfigurationError("clock: must have now() and monotonic() methods")
+
+
+def build_config(
+    url: str | None = None,
+    *,
+    meters: Iterable[Meter] | None = None,
+    plans: Iterable[Plan] | None = None,
+    catalog: Catalog | str | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> MeteringConfig:
+    """Merge explicit options, the catalog pieces and environment fallbacks into one config.
+
+    Unknown options raise ``ConfigurationError`` naming them.
+    """
+    env = os.environ if env is None else env
+    allowed = set(MeteringConfig.__dataclass_fields__) - {"url", "catalog"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigurationError(f"init: unknown options {sorted(unknown)}; known options are {sorted(allowed)}")
+    if catalog is not None and meters is not None:
+        raise ConfigurationError("init: give either catalog= or meters=, not both")
+    cat = load_catalog(catalog) if catalog is not None else Catalog(tuple(meters)) if meters is not None else Catalog()
+    if plans is not None:
+        cat = Catalog(cat.meters, tuple(cat.plans) + tuple(plans))
+    url = url or env.get("METERING_URL") or DEFAULT_URL
+    fallbacks = {
+        "access_token": env.get("POLAR_ACCESS_TOKEN") or None,
+        "environment": env.get("POLAR_ENVIRONMENT") or None,
+        "base_url": env.get("POLAR_BASE_URL") or None,
+        "outbox_path": env.get("METERING_OUTBOX") or None,
+    }
+    for key, value in fallbacks.items():
+        if options.get(key) is None and value is not None:
+            options[key] = value
+    options = {k: v for k, v in options.items() if v is not None}
+    return MeteringConfig(url=url, catalog=cat, **options)

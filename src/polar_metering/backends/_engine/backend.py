@@ -1,0 +1,550 @@
+"""The local engine: events, meters, billing windows, credits and reservations in SQLite or PostgreSQL.
+
+Semantics follow Polar's customer meters (``reference/polar-api.md`` §3.2, §4.2–4.3):
+
+- A customer's usage on a meter is aggregated over a *window* that starts at the latest reset.
+  Windows follow the subscription's billing periods (anchored at ``started_at``), a calendar month
+  (UTC) for customers without one, and a manual reset starts a new window at once.
+- Which window an event counts in is decided by when it is *ingested*, not its timestamp: a backdated
+  event that arrives after a reset counts in the new window, as in Polar (§3.2).
+- ``credited`` is the plan's credit for the meter plus any rollover and grants, a running sum clamped
+  at 0; ``balance = credited - consumed`` and may go negative.
+
+Every write updates the rollups in the same transaction as the events, so readers never see one
+without the other and a limit check reads one row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from polar_metering._catalog import Aggregation, Catalog, Filter, Meter, Plan
+from polar_metering._clock import Clock, SystemClock
+from polar_metering._evaluate import unique_key
+from polar_metering._events import Event
+from polar_metering._exceptions import ConfigurationError, NotFound
+from polar_metering._periods import calendar_month, period_containing
+from polar_metering._projection import project
+from polar_metering._status import MeterReading
+from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult, parse_backend_url
+from polar_metering.backends._engine import schema as t
+from polar_metering.backends._engine.dialect import Database, insert_ignore
+from polar_metering.backends._engine.records import PolarEventIn
+from polar_metering.backends._engine.rollups import (
+    CompiledMeter,
+    Delta,
+    RowState,
+    accumulate,
+    consumed_of,
+    dumps,
+    merge,
+)
+
+__all__ = ["LocalEngine", "Window", "to_us", "from_us"]
+
+_IN_CHUNK = 500  # bound on IN (...) lists; SQLite's default variable limit is far above this
+
+
+def to_us(when: datetime) -> int:
+    """Microseconds since the epoch: exact integer time for both databases."""
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The billing window a customer is in: ``[start, end)``; ``end`` None for open-ended windows."""
+
+    start_us: int
+    end_us: int | None
+    plan: Plan | None
+
+
+@dataclass(slots=True)
+class _Row:
+    customer: str
+    meter_id: str
+    window_us: int
+    ext: str | None
+    cid: str | None
+    name: str
+    ts_us: int
+    metadata: Mapping[str, Any]
+    source: str
+    external_id: str | None
+
+
+class LocalEngine(Backend):
+    """The embedded engine behind ``sqlite://`` and ``postgresql://`` URLs."""
+
+    schemes = ("sqlite", "postgresql", "postgres")
+    supports_plans = True
+    supports_holds = True
+    settles_immediately = True
+
+    def __init__(self, url: BackendURL, *, catalog: Catalog, clock: Clock, **options: Any) -> None:
+        unknown = set(options) - {"busy_timeout_ms", "echo", "create_schema"}
+        if unknown:
+            raise ConfigurationError(f"options: unknown options for the local engine: {sorted(unknown)}")
+        super().__init__(url, catalog=catalog, clock=clock)
+        self.db = Database(url.raw, busy_timeout_ms=options.get("busy_timeout_ms", 10_000),
+                           echo=options.get("echo", False))
+        self._plans: dict[str, Plan] = {}
+        self._meters: dict[str, CompiledMeter] = {}
+        self._slugs: dict[str, str] = {}
+        if options.get("create_schema", True):
+            self._create_schema()
+        self._sync_catalog()
+
+    @classmethod
+    def open(
+        cls, url: str = "sqlite:///metering.db", *, catalog: Catalog | None = None, clock: Clock | None = None,
+        **options: Any,
+    ) -> LocalEngine:
+        """Open (creating if needed) the engine at ``url``."""
+        return cls(parse_backend_url(url), catalog=catalog or Catalog(), clock=clock or SystemClock(), **options)
+
+    # -- schema and catalog ---------------------------------------------------------------------
+    def _create_schema(self) -> None:
+        from polar_metering.backends._engine.migrations import upgrade_schema
+
+        with self.db.errors():
+            upgrade_schema(self.db)
+
+    def _sync_catalog(self) -> None:
+        """Store the code catalog's meters (by slug) and plans: code is the source of truth here."""
+        now = to_us(self.clock.now())
+        changed: list[str] = []
+        with self.db.write() as conn:
+            existing = {r.slug: r for r in conn.execute(select(t.meters).where(t.meters.c.slug.is_not(None)))}
+            for meter in self.catalog.meters:
+                flt, agg = dumps(meter.filter.to_polar()), dumps(meter.aggregation.to_polar())
+                row = existing.get(meter.slug)
+                if row is None:
+                    conn.execute(insert(t.meters).values(
+                        id=str(uuid.uuid4()), slug=meter.slug, name=meter.name, filter=flt, aggregation=agg,
+                        unit=meter.unit, metadata="{}", created_us=now, modified_us=None, locked=False))
+                elif (row.filter, row.aggregation, row.name, row.unit, row.archived_us) != (
+                    flt, agg, meter.name, meter.unit, None):
+                    conn.execute(update(t.meters).where(t.meters.c.id == row.id).values(
+                        name=meter.name, filter=flt, aggregation=agg, unit=meter.unit, modified_us=now,
+                        archived_us=None))
+                    if (row.filter, row.aggregation) != (flt, agg):
+                        changed.append(row.id)
+            for plan in self.catalog.plans:
+                self._store_plan(conn, plan)
+        self._load_meters()
+        for meter_id in changed:
+            self.rebuild(meter_id=meter_id)
+
+    def _store_plan(self, conn: Connection, plan: Plan) -> None:
+        values = {"credits": dumps(dict(plan.credits)), "interval": plan.interval, "rollover": plan.rollover}
+        if conn.execute(select(t.plans.c.name).where(t.plans.c.name == plan.name)).first() is None:
+            conn.execute(insert(t.plans).values(name=plan.name, **values))
+        else:
+            conn.execute(update(t.plans).where(t.plans.c.name == plan.name).values(**values))
+        self._plans[plan.name] = plan
+
+    def _load_meters(self) -> None:
+        with self.db.read() as conn:
+            rows = conn.execute(select(t.meters).order_by(t.meters.c.created_us, t.meters.c.id)).all()
+        meters: dict[str, CompiledMeter] = {}
+        for r in rows:
+            meters[r.id] = CompiledMeter.build(
+                r.id, r.slug, r.name, Filter.from_polar(json.loads(r.filter)),
+                Aggregation.from_polar(json.loads(r.aggregation)), archived=r.archived_us is not None)
+        self._meters = meters
+        self._slugs = {m.slug: m.id for m in meters.values() if m.slug}
+
+    def _meter_id(self, meter: Meter | str) -> CompiledMeter:
+        slug = meter.slug if isinstance(meter, Meter) else meter
+        meter_id = self._slugs.get(slug)
+        if meter_id is None:
+            if slug in self._meters:
+                return self._meters[slug]
+            raise ConfigurationError(f"meter: unknown meter {slug!r}; known meters are {sorted(self._slugs)}")
+        return self._meters[meter_id]
+
+    def _plan(self, conn: Connection, name: str | None) -> Plan | None:
+        if name is None:
+            return None
+        plan = self._plans.get(name)
+        if plan is None:
+            row = conn.execute(select(t.plans).where(t.plans.c.name == name)).first()
+            if row is None:
+                return None
+            plan = Plan(row.name, credits=json.loads(row.credits), interval=row.interval, rollover=row.rollover)
+            self._plans[name] = plan
+        return plan
+
+    # -- windows and credits --------------------------------------------------------------------
+    def _window(self, conn: Connection, customer: str, now: datetime) -> Window:
+        acct = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
+        plan = self._plan(conn, acct.plan) if acct is not None else None
+        if plan is not None and acct is not None and acct.anchor_us is not None:
+            start, end = period_containing(from_us(acct.anchor_us), plan.interval, now)
+        else:
+            start, end = calendar_month(now)
+        start_us, end_us = to_us(start), to_us(end)
+        if acct is not None and acct.reset_us is not None and start_us <= acct.reset_us <= to_us(now):
+            start_us = acct.reset_us
+        return Window(start_us, end_us, plan)
+
+    def _window_at(self, conn: Connection, customer: str, at_us: int) -> Window:
+        return self._window(conn, customer, from_us(at_us))
+
+    def _initial_credit(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window) -> float | None:
+        """Credit at the start of a window: the plan's units plus rollover from earlier windows (§4.2)."""
+        plan = window.plan
+        if plan is None or meter.slug is None or meter.slug not in plan.credits:
+            return None
+        base = float(plan.credits[meter.slug])
+        if not plan.rollover:
+            return base
+        prev = conn.execute(
+            select(t.usage).where(and_(t.usage.c.customer == customer, t.usage.c.meter_id == meter.id,
+                                       t.usage.c.window_us < window.start_us))
+            .order_by(t.usage.c.window_us.desc()).limit(1)
+        ).first()
+        if prev is None or prev.credited is None:
+            return base
+        # Polar: rollover = max(0, min(int(NR + R - U), R)); every credit of a rollover plan is
+        # rollover-flagged, so NR = 0 and R is the window's credit.
+        credited = float(prev.credited)
+        used = consumed_of(meter.func, RowState(prev.n, prev.total, prev.vmax, prev.vmin))
+        end_us = prev.window_end_us
+        while True:
+            rollover = max(0.0, min(float(int(credited - used)), credited))
+            if end_us is None or end_us >= window.start_us:
+                return base + rollover
+            # An idle window in between: nothing used, so its whole credit rolls on.
+            credited, used = base + rollover, 0.0
+            nxt = self._window_at(conn, customer, end_us)
+            if nxt.end_us is None or nxt.end_us <= end_us:
+                return base + rollover
+            end_us = nxt.end_us
+
+    def _usage_row(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window,
+                   *, lock: bool) -> Any:
+        """The rollup row for (customer, meter, window), created with its initial credit if missing."""
+        where = and_(t.usage.c.customer == customer, t.usage.c.meter_id == meter.id,
+                     t.usage.c.window_us == window.start_us)
+        query = select(t.usage).where(where)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is not None:
+            return row
+        now = to_us(self.clock.now())
+        conn.execute(insert_ignore(self.db.engine, t.usage).values(
+            customer=customer, meter_id=meter.id, window_us=window.start_us, window_end_us=window.end_us,
+            n=0, total=0.0, vmax=None, vmin=None, credited=self._initial_credit(conn, customer, meter, window),
+            created_us=now, modified_us=None))
+        return conn.execute(query).first()
+
+    # -- ingest ---------------------------------------------------------------------------------------
+    def ingest(self, events: Sequence[Event]) -> IngestResult:
+        """Store validated events (library path: external customer ids) and update rollups."""
+        if not events:
+            return IngestResult(0, 0)
+        rows = [
+            (e.external_id, e.customer_id, e.customer_id, None, e.name, to_us(e.timestamp), e.metadata, "user")
+            for e in events
+        ]
+        with self.db.write() as conn:
+            return self._ingest_rows(conn, rows)
+
+    def ingest_polar(self, events: Sequence[PolarEventIn]) -> IngestResult:
+        """Store events in Polar's ingest shape (the emulator's path); ``customer_id`` must exist."""
+        if not events:
+            return IngestResult(0, 0)
+        with self.db.write() as conn:
+            keys: dict[str, str] = {}
+            rows = []
+            for e in events:
+                if e.customer_id is not None:
+                    if e.customer_id not in keys:
+                        c = conn.execute(select(t.customers).where(t.customers.c.id == e.customer_id)).first()
+                        if c is None:
+                            raise NotFound(f"customer_id: customer {e.customer_id} not found", status_code=404)
+                        keys[e.customer_id] = c.external_id or c.id
+                    key = keys[e.customer_id]
+                else:
+                    key = e.external_customer_id or ""
+                rows.append((e.external_id, key, e.external_customer_id, e.customer_id, e.name,
+                             to_us(e.timestamp), e.metadata, e.source))
+            return self._ingest_rows(conn, rows)
+
+    def _ingest_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
+        now_us = to_us(self.clock.now())
+        # §1.3: first write wins, within the batch too.
+        seen: set[str] = set()
+        fresh: list[tuple[Any, ...]] = []
+        for row in rows:
+            eid = row[0]
+            if eid is not None:
+                if eid in seen:
+                    continue
+                seen.add(eid)
+            fresh.append(row)
+        if seen:
+            known: set[str] = set()
+            ids = list(seen)
+            for i in range(0, len(ids), _IN_CHUNK):
+                known.update(conn.execute(
+                    select(t.events.c.external_id).where(t.events.c.external_id.in_(ids[i:i + _IN_CHUNK]))
+                ).scalars())
+            if known:
+                fresh = [r for r in fresh if r[0] is None or r[0] not in known]
+        if fresh:
+            conn.execute(insert(t.events), [
+                {"external_id": r[0], "customer": r[1], "external_customer_id": r[2], "customer_id": r[3],
+                 "name": r[4], "ts_us": r[5], "ingested_us": now_us, "metadata": dumps(r[6]), "source": r[7]}
+                for r in fresh
+            ])
+            self._apply(conn, fresh, now_us)
+        return IngestResult(len(fresh), len(rows) - len(fresh))
+
+    def _apply(self, conn: Connection, rows: Iterable[tuple[Any, ...]], now_us: int) -> None:
+        meters = [m for m in self._meters.values() if not m.archived]
+        deltas: dict[tuple[str, str], Delta] = {}
+        for r in rows:
+            accumulate(deltas, meters, r[1], r[4], r[7], r[5] // 1_000_000, r[6])
+        if not deltas:
+            return
+        windows: dict[str, Window] = {}
+        now = from_us(now_us)
+        for (customer, meter_id), delta in sorted(deltas.items()):
+            window = windows.get(customer)
+            if window is None:
+                window = windows[customer] = self._window(conn, customer, now)
+            self._add(conn, customer, self._meters[meter_id], window, delta, now_us)
+        locked = {mid for (_, mid) in deltas if mid in self._meters}
+        if locked:
+            conn.execute(update(t.meters).where(and_(t.meters.c.id.in_(locked), t.meters.c.locked.is_(False)))
+                         .values(locked=True))
+
+    def _add(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, delta: Delta,
+             now_us: int) -> None:
+        row = self._usage_row(conn, customer, meter, window, lock=True)
+        new_unique = 0
+        if delta.keys:
+            keys = list(delta.keys)
+            have: set[str] = set()
+            base = and_(t.usage_values.c.customer == customer, t.usage_values.c.meter_id == meter.id,
+                        t.usage_values.c.window_us == window.start_us)
+            for i in range(0, len(keys), _IN_CHUNK):
+                have.update(conn.execute(select(t.usage_values.c.value_key).where(
+                    and_(base, t.usage_values.c.value_key.in_(keys[i:i + _IN_CHUNK])))).scalars())
+            missing = [k for k in keys if k not in have]
+            if missing:
+                conn.execute(insert_ignore(self.db.engine, t.usage_values), [
+                    {"customer": customer, "meter_id": meter.id, "window_us": window.start_us, "value_key": k}
+                    for k in missing
+                ])
+            new_unique = len(missing)
+        state = merge(RowState(row.n, row.total, row.vmax, row.vmin), delta, new_unique)
+        conn.execute(update(t.usage).where(and_(
+            t.usage.c.customer == customer, t.usage.c.meter_id == meter.id, t.usage.c.window_us == window.start_us,
+        )).values(n=state.n, total=state.total, vmax=state.vmax, vmin=state.vmin, modified_us=now_us))
+
+    # -- readings -------------------------------------------------------------------------------------
+    def _reading(self, conn: Connection, customer: str, meter: CompiledMeter, now: datetime) -> MeterReading:
+        window = self._window(conn, customer, now)
+        row = conn.execute(select(t.usage).where(and_(
+            t.usage.c.customer == customer, t.usage.c.meter_id == meter.id, t.usage.c.window_us == window.start_us,
+        ))).first()
+        if row is None:
+            state, credited = RowState(), self._initial_credit(conn, customer, meter, window)
+        else:
+            state, credited = RowState(row.n, row.total, row.vmax, row.vmin), row.credited
+        held_sum, held_max = conn.execute(
+            select(func.coalesce(func.sum(t.holds.c.amount), 0.0), func.coalesce(func.max(t.holds.c.amount), 0.0))
+            .where(and_(t.holds.c.customer == customer, t.holds.c.meter_id == meter.id,
+                        t.holds.c.expires_us > to_us(now)))
+        ).one()
+        reserved = float(held_max if meter.func in ("max", "min") else held_sum)
+        return MeterReading(
+            meter=meter.slug or meter.id, customer=customer, consumed=consumed_of(meter.func, state),
+            credited=None if credited is None else float(credited), period_start=from_us(window.start_us),
+            period_end=from_us(window.end_us) if window.end_us is not None else None, reserved=reserved,
+            samples=state.n,
+        )
+
+    def reading(self, customer: str, meter: Meter) -> MeterReading:
+        compiled = self._meter_id(meter)
+        with self.db.read() as conn:
+            return self._reading(conn, customer, compiled, self.clock.now())
+
+    def readings(self, customer: str) -> dict[str, MeterReading]:
+        now = self.clock.now()
+        with self.db.read() as conn:
+            return {m.slug: self._reading(conn, customer, self._meter_id(m), now) for m in self.catalog.meters}
+
+    def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
+        compiled = self._meter_id(meter)
+        key = unique_key(value)
+        if key is None:
+            return True  # a null value is never counted, so it never takes a new unit
+        with self.db.read() as conn:
+            window = self._window(conn, customer, self.clock.now())
+            return conn.execute(select(t.usage_values.c.value_key).where(and_(
+                t.usage_values.c.customer == customer, t.usage_values.c.meter_id == compiled.id,
+                t.usage_values.c.window_us == window.start_us, t.usage_values.c.value_key == key,
+            ))).first() is not None
+
+    # -- plans ------------------------------------------------------------------------------------------
+    def create_plan(self, plan: Plan) -> None:
+        for slug in plan.credits:
+            self._meter_id(slug)
+        with self.db.write() as conn:
+            self._store_plan(conn, plan)
+
+    def subscribe(self, customer: str, plan: Plan | str, started_at: datetime | None = None) -> None:
+        """Put ``customer`` on ``plan`` with periods anchored at ``started_at`` (default now).
+
+        As in Polar, starting a subscription resets the customer's meters (§4.3): usage ingested
+        before ``started_at`` does not count against the new plan.
+        """
+        plan_name = plan.name if isinstance(plan, Plan) else plan
+        now = self.clock.now()
+        anchor = now if started_at is None else started_at.astimezone(UTC)
+        if anchor > now:
+            raise ConfigurationError("started_at: must not be in the future")
+        with self.db.write() as conn:
+            if isinstance(plan, Plan):
+                self._store_plan(conn, plan)
+            elif self._plan(conn, plan_name) is None:
+                raise ConfigurationError(f"plan: unknown plan {plan_name!r}; pass plans=[...] to init()")
+            values = {"plan": plan_name, "anchor_us": to_us(anchor), "reset_us": None}
+            if conn.execute(select(t.accounts.c.customer).where(t.accounts.c.customer == customer)).first():
+                conn.execute(update(t.accounts).where(t.accounts.c.customer == customer).values(**values))
+            else:
+                conn.execute(insert(t.accounts).values(customer=customer, **values))
+            self._rebuild_customer(conn, customer)
+
+    def reset_meters(self, customer_id: str, meter_id: str | None = None) -> None:
+        """Start a new window now for a customer (Polar's ``meter.reset``, §4.3). Accepts a Polar
+        customer id or a customer key; resets every meter of the customer."""
+        with self.db.write() as conn:
+            key = self._customer_key(conn, customer_id)
+            now_us = to_us(self.clock.now())
+            if conn.execute(select(t.accounts.c.customer).where(t.accounts.c.customer == key)).first():
+                conn.execute(update(t.accounts).where(t.accounts.c.customer == key).values(reset_us=now_us))
+            else:
+                conn.execute(insert(t.accounts).values(customer=key, plan=None, anchor_us=None, reset_us=now_us))
+
+    def grant_credits(self, customer_id: str, meter_id: str, units: float, *, rollover: bool = False) -> None:
+        """Add ``units`` (negative to revoke) to the current window's credit, clamped at 0 (§3.2)."""
+        with self.db.write() as conn:
+            key = self._customer_key(conn, customer_id)
+            meter = self._meters.get(meter_id) or self._meter_id(meter_id)
+            window = self._window(conn, key, self.clock.now())
+            row = self._usage_row(conn, key, meter, window, lock=True)
+            credited = max(0.0, (row.credited or 0.0) + float(units))
+            conn.execute(update(t.usage).where(and_(
+                t.usage.c.customer == key, t.usage.c.meter_id == meter.id, t.usage.c.window_us == window.start_us,
+            )).values(credited=credited, modified_us=to_us(self.clock.now())))
+
+    def _customer_key(self, conn: Connection, customer_id: str) -> str:
+        row = conn.execute(select(t.customers.c.id, t.customers.c.external_id)
+                           .where(t.customers.c.id == customer_id)).first()
+        if row is not None:
+            return str(row.external_id or row.id)
+        return customer_id
+
+    # -- rebuilds -------------------------------------------------------------------------------------
+    def rebuild(self, *, customer: str | None = None, meter_id: str | None = None) -> None:
+        """Recompute rollups of current windows from the raw events (after a meter or plan change)."""
+        with self.db.write() as conn:
+            if customer is not None:
+                self._rebuild_customer(conn, customer, meter_id)
+                return
+            customers = conn.execute(select(t.events.c.customer).distinct()).scalars().all()
+            for c in customers:
+                self._rebuild_customer(conn, c, meter_id)
+
+    def _rebuild_customer(self, conn: Connection, customer: str, meter_id: str | None = None) -> None:
+        now = self.clock.now()
+        window = self._window(conn, customer, now)
+        targets = [m for m in self._meters.values() if not m.archived and (meter_id is None or m.id == meter_id)]
+        for m in targets:
+            row = self._usage_row(conn, customer, m, window, lock=True)
+            conn.execute(delete(t.usage_values).where(and_(
+                t.usage_values.c.customer == customer, t.usage_values.c.meter_id == m.id,
+                t.usage_values.c.window_us == window.start_us)))
+            conn.execute(update(t.usage).where(and_(
+                t.usage.c.customer == customer, t.usage.c.meter_id == m.id, t.usage.c.window_us == window.start_us,
+            )).values(n=0, total=0.0, vmax=None, vmin=None, credited=self._initial_credit(conn, customer, m, window)
+                      if row is not None else None))
+        deltas: dict[tuple[str, str], Delta] = {}
+        result = conn.execute(select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata)
+                              .where(and_(t.events.c.customer == customer,
+                                          t.events.c.ingested_us >= window.start_us)))
+        for name, source, ts_us, md in result:
+            accumulate(deltas, targets, customer, name, source, ts_us // 1_000_000, json.loads(md))
+        now_us = to_us(now)
+        for (_, mid), delta in deltas.items():
+            self._add(conn, customer, self._meters[mid], window, delta, now_us)
+
+    # -- reservations -----------------------------------------------------------------------------------
+    def hold(self, customer: str, meter: Meter, amount: float, *, ttl: float) -> tuple[Hold | None, MeterReading]:
+        compiled = self._meter_id(meter)
+        now = self.clock.now()
+        now_us = to_us(now)
+        with self.db.write() as conn:
+            window = self._window(conn, customer, now)
+            # Locking the rollup row serialises every hold and write on this (customer, meter) (PostgreSQL);
+            # on SQLite the write transaction is already exclusive.
+            self._usage_row(conn, customer, compiled, window, lock=True)
+            conn.execute(delete(t.holds).where(and_(t.holds.c.customer == customer,
+                                                    t.holds.c.meter_id == compiled.id,
+                                                    t.holds.c.expires_us <= now_us)))
+            reading = self._reading(conn, customer, compiled, now)
+            if reading.credited is not None and project(compiled.func, reading, amount) > reading.credited:
+                return None, reading
+            hold = Hold(str(uuid.uuid4()), customer, compiled.slug or compiled.id, float(amount),
+                        now + timedelta(seconds=ttl))
+            conn.execute(insert(t.holds).values(id=hold.id, customer=customer, meter_id=compiled.id,
+                                                amount=float(amount), expires_us=to_us(hold.expires_at),
+                                                created_us=now_us))
+            return hold, reading
+
+    def settle(self, hold: Hold, events: Sequence[Event]) -> IngestResult:
+        rows = [(e.external_id, e.customer_id, e.customer_id, None, e.name, to_us(e.timestamp), e.metadata, "user")
+                for e in events]
+        with self.db.write() as conn:
+            conn.execute(delete(t.holds).where(t.holds.c.id == hold.id))
+            # Usage that happened is recorded even if the hold expired meanwhile: losing it would
+            # under-bill, and the action already ran.
+            return self._ingest_rows(conn, rows) if rows else IngestResult(0, 0)
+
+    def release(self, hold: Hold) -> None:
+        with self.db.write() as conn:
+            conn.execute(delete(t.holds).where(t.holds.c.id == hold.id))
+
+    def active_holds(self, customer: str, meter: Meter) -> int:
+        compiled = self._meter_id(meter)
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.holds).where(and_(
+                t.holds.c.customer == customer, t.holds.c.meter_id == compiled.id,
+                t.holds.c.expires_us > to_us(self.clock.now())))).scalar_one())
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def close(self, timeout: float | None = None) -> None:
+        self.db.dispose()
+
