@@ -37,6 +37,7 @@ from polar_metering._status import MeterReading
 from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult, parse_backend_url
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.dialect import Database, insert_ignore
+from polar_metering.backends._engine.polar_surface import PolarSurface
 from polar_metering.backends._engine.records import PolarEventIn
 from polar_metering.backends._engine.rollups import (
     CompiledMeter,
@@ -88,7 +89,7 @@ class _Row:
     external_id: str | None
 
 
-class LocalEngine(Backend):
+class LocalEngine(PolarSurface, Backend):
     """The embedded engine behind ``sqlite://`` and ``postgresql://`` URLs."""
 
     schemes = ("sqlite", "postgresql", "postgres")

@@ -1,0 +1,1 @@
+"""The local metering engine (SQLite and PostgreSQL)."""

@@ -1,0 +1,425 @@
+"""The engine's Polar-shaped surface: meters, customers, customer meters, events and quantities.
+
+This is what the emulator serves over HTTP. It reads the same tables as the library path, so an
+event tracked by the library and one ingested through the emulator count alike.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from polar_metering._catalog import Aggregation, Filter
+from polar_metering._evaluate import json_text, lookup, unique_key
+from polar_metering._exceptions import NotFound, ValidationError
+from polar_metering._periods import add_months
+from polar_metering.backends._engine import schema as t
+from polar_metering.backends._engine.records import (
+    CustomerMeterRecord,
+    CustomerRecord,
+    MeterRecord,
+    StoredEvent,
+)
+from polar_metering.backends._engine.rollups import CompiledMeter, RowState, consumed_of, dumps
+
+if TYPE_CHECKING:
+    from polar_metering.backends._engine.backend import LocalEngine
+
+__all__ = ["PolarSurface", "aggregate_values", "bucket_start", "series"]
+
+_NS = uuid.UUID("6f1c2d4e-8a5b-4c3d-9e7f-0a1b2c3d4e5f")
+_LOCKED_RULE = "This field can't be updated because the meter is already aggregating events."
+
+
+def _us(when: datetime) -> int:
+    from polar_metering.backends._engine.backend import to_us
+
+    return to_us(when)
+
+
+def _dt(us: int | None) -> datetime | None:
+    from polar_metering.backends._engine.backend import from_us
+
+    return None if us is None else from_us(us)
+
+
+def event_uuid(seq: int) -> str:
+    """A stable UUID-shaped id for an event row (Polar ids are UUIDs; ours derive from the row key)."""
+    return str(uuid.UUID(int=(0x4000 << 64) | (0x8000 << 48) | seq))
+
+
+def bucket_start(when: datetime, interval: str, tz: ZoneInfo) -> datetime:
+    """PostgreSQL's ``date_trunc(interval, when)`` in ``tz`` (weeks start on Monday)."""
+    local = when.astimezone(tz)
+    if interval == "hour":
+        local = local.replace(minute=0, second=0, microsecond=0)
+    elif interval == "day":
+        local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif interval == "week":
+        local = (local - timedelta(days=local.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    elif interval == "month":
+        local = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    elif interval == "year":
+        local = local.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    else:
+        raise ValidationError("interval", "must be one of year, month, week, day, hour", interval)
+    return local.replace(tzinfo=None).replace(tzinfo=tz)
+
+
+def series(start: datetime, end: datetime, interval: str) -> list[datetime]:
+    """``generate_series(start, end, '1 interval')``: start, start + 1 interval, ... up to end inclusive."""
+    points: list[datetime] = []
+    k = 0
+    while True:
+        if interval in ("month", "year"):
+            point = add_months(start, k * (12 if interval == "year" else 1))
+        else:
+            step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[interval]
+            point = start + k * step
+        if point > end:
+            return points
+        points.append(point)
+        k += 1
+
+
+def aggregate_values(func_name: str, values: Sequence[Any]) -> float:
+    """Aggregate raw per-event inputs: numbers for count/sum/max/min/avg, keys for unique (§6.2)."""
+    if func_name == "count":
+        return float(len(values))
+    if func_name == "unique":
+        return float(len({v for v in values if v is not None}))
+    nums = [v for v in values if v is not None]
+    if not nums:
+        return 0.0
+    if func_name == "sum":
+        return float(sum(nums))
+    if func_name == "max":
+        return float(max(nums))
+    if func_name == "min":
+        return float(min(nums))
+    if func_name == "avg":
+        return float(sum(nums) / len(nums))
+    raise ValidationError("customer_aggregation_function", "must be one of count, sum, max, min, avg, unique",
+                          func_name)
+
+
+class PolarSurface:
+    """Mixed into :class:`LocalEngine`; see ``records.py`` for the shapes returned."""
+
+    # -- meters -----------------------------------------------------------------------------------
+    def _meter_record(self: LocalEngine, row: Any) -> MeterRecord:
+        return MeterRecord(
+            id=row.id, name=row.name, filter=Filter.from_polar(json.loads(row.filter)),
+            aggregation=Aggregation.from_polar(json.loads(row.aggregation)), unit=row.unit,
+            created_at=_dt(row.created_us), modified_at=_dt(row.modified_us),  # type: ignore[arg-type]
+            archived_at=_dt(row.archived_us), slug=row.slug, custom_label=row.custom_label,
+            custom_multiplier=row.custom_multiplier, metadata=json.loads(row.metadata or "{}"), locked=bool(row.locked),
+        )
+
+    def create_meter(self: LocalEngine, *, name: str, filter: Filter, aggregation: Aggregation,
+                     unit: str = "scalar", custom_label: str | None = None, custom_multiplier: int | None = None,
+                     metadata: Mapping[str, Any] | None = None) -> MeterRecord:
+        """Create a meter; usage since each customer's last reset counts at once (§2.4)."""
+        meter_id = str(uuid.uuid4())
+        now_us = _us(self.clock.now())
+        compiled = CompiledMeter.build(meter_id, None, name, filter, aggregation)
+        with self.db.write() as conn:
+            conn.execute(insert(t.meters).values(
+                id=meter_id, slug=None, name=name, filter=dumps(filter.to_polar()),
+                aggregation=dumps(aggregation.to_polar()), unit=unit, custom_label=custom_label,
+                custom_multiplier=custom_multiplier, metadata=dumps(dict(metadata or {})), created_us=now_us,
+                modified_us=None, locked=False))
+            # §2.4: filter and aggregation lock at creation when a matching event already exists.
+            if self._any_match(conn, compiled):
+                conn.execute(update(t.meters).where(t.meters.c.id == meter_id).values(locked=True))
+        self._load_meters()
+        self.rebuild(meter_id=meter_id)
+        found = self.get_meter(meter_id)
+        assert found is not None
+        return found
+
+    def _any_match(self: LocalEngine, conn: Connection, meter: CompiledMeter) -> bool:
+        for name, source, ts_us, md in conn.execute(
+            select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata)
+        ):
+            if source == "user" and meter.matcher(name, source, ts_us // 1_000_000, json.loads(md)):
+                return True
+        return False
+
+    def list_meters(self: LocalEngine, *, include_archived: bool = False, query: str | None = None) -> list[MeterRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(t.meters)).all()
+        records = [self._meter_record(r) for r in rows]
+        if not include_archived:
+            records = [r for r in records if r.archived_at is None]
+        if query:
+            q = query.lower()
+            records = [r for r in records if q in r.name.lower()]
+        return sorted(records, key=lambda r: (r.name, r.created_at))
+
+    def get_meter(self: LocalEngine, meter_id: str) -> MeterRecord | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(t.meters).where(t.meters.c.id == meter_id)).first()
+        return None if row is None else self._meter_record(row)
+
+    def update_meter(self: LocalEngine, meter_id: str, **changes: Any) -> MeterRecord:
+        """Apply a Polar ``MeterUpdate``; filter/aggregation are refused once the meter is locked (§2.4)."""
+        allowed = {"name", "unit", "filter", "aggregation", "metadata", "is_archived", "custom_label",
+                   "custom_multiplier"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValidationError(sorted(unknown)[0], "is not a meter field", None)
+        values: dict[str, Any] = {}
+        redefine = False
+        with self.db.write() as conn:
+            row = conn.execute(select(t.meters).where(t.meters.c.id == meter_id)).first()
+            if row is None:
+                raise NotFound("meter not found", status_code=404)
+            for key in ("filter", "aggregation"):
+                if changes.get(key) is not None:
+                    new = dumps(changes[key].to_polar())
+                    if new != getattr(row, key):
+                        if row.locked:
+                            raise ValidationError(key, _LOCKED_RULE, None)
+                        values[key] = new
+                        redefine = True
+            for key in ("name", "unit", "custom_label", "custom_multiplier"):
+                if key in changes and changes[key] is not None:
+                    values[key] = changes[key]
+            if changes.get("metadata") is not None:
+                values["metadata"] = dumps(dict(changes["metadata"]))
+            archived = changes.get("is_archived")
+            if archived is True and row.archived_us is None:
+                values["archived_us"] = _us(self.clock.now())
+            elif archived is False:
+                values["archived_us"] = None
+            if values:
+                values["modified_us"] = _us(self.clock.now())
+                conn.execute(update(t.meters).where(t.meters.c.id == meter_id).values(**values))
+        self._load_meters()
+        if redefine or archived is False:
+            self.rebuild(meter_id=meter_id)
+        found = self.get_meter(meter_id)
+        assert found is not None
+        return found
+
+    # -- customers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _customer_record(row: Any) -> CustomerRecord:
+        return CustomerRecord(id=row.id, external_id=row.external_id, email=row.email, name=row.name,
+                              created_at=_dt(row.created_us), modified_at=_dt(row.modified_us),  # type: ignore[arg-type]
+                              metadata=json.loads(row.metadata or "{}"))
+
+    def create_customer(self: LocalEngine, *, external_id: str | None = None, email: str | None = None,
+                        name: str | None = None, metadata: Mapping[str, Any] | None = None) -> CustomerRecord:
+        with self.db.write() as conn:
+            if external_id is not None and conn.execute(
+                select(t.customers.c.id).where(t.customers.c.external_id == external_id)
+            ).first():
+                raise ValidationError("external_id", "A customer with this external ID already exists.", external_id)
+            cid = str(uuid.uuid4())
+            conn.execute(insert(t.customers).values(id=cid, external_id=external_id, email=email, name=name,
+                                                    metadata=dumps(dict(metadata or {})),
+                                                    created_us=_us(self.clock.now()), modified_us=None))
+            row = conn.execute(select(t.customers).where(t.customers.c.id == cid)).one()
+        return self._customer_record(row)
+
+    def get_customer(self: LocalEngine, customer_id: str) -> CustomerRecord | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(t.customers).where(t.customers.c.id == customer_id)).first()
+        return None if row is None else self._customer_record(row)
+
+    def get_customer_by_external_id(self: LocalEngine, external_id: str) -> CustomerRecord | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(t.customers).where(t.customers.c.external_id == external_id)).first()
+        return None if row is None else self._customer_record(row)
+
+    def list_customers(self: LocalEngine, *, page: int = 1, limit: int = 10,
+                       query: str | None = None) -> tuple[list[CustomerRecord], int]:
+        cond = None
+        if query:
+            like = f"%{query}%"
+            cond = or_(t.customers.c.email.ilike(like), t.customers.c.name.ilike(like),
+                       t.customers.c.external_id.ilike(like))
+        with self.db.read() as conn:
+            base = select(t.customers)
+            count = select(func.count()).select_from(t.customers)
+            if cond is not None:
+                base, count = base.where(cond), count.where(cond)
+            total = int(conn.execute(count).scalar_one())
+            rows = conn.execute(base.order_by(t.customers.c.created_us, t.customers.c.id)
+                                .offset((page - 1) * limit).limit(limit)).all()
+        return [self._customer_record(r) for r in rows], total
+
+    # -- customer meters --------------------------------------------------------------------------------
+    def customer_meter_id(self: LocalEngine, customer_id: str, meter_id: str) -> str:
+        return str(uuid.uuid5(_NS, f"{customer_id}|{meter_id}"))
+
+    def customer_meters(self: LocalEngine, *, customer_ids: Sequence[str] | None = None,
+                        external_customer_ids: Sequence[str] | None = None,
+                        meter_ids: Sequence[str] | None = None) -> list[CustomerMeterRecord]:
+        """Every (customer, meter) pair with its current window's numbers (§3.1–3.2)."""
+        now = self.clock.now()
+        with self.db.read() as conn:
+            query = select(t.customers)
+            conds = []
+            if customer_ids:
+                conds.append(t.customers.c.id.in_(list(customer_ids)))
+            if external_customer_ids:
+                conds.append(t.customers.c.external_id.in_(list(external_customer_ids)))
+            if conds:
+                query = query.where(or_(*conds))
+            customers = [self._customer_record(r) for r in conn.execute(query).all()]
+            meter_rows = conn.execute(select(t.meters)).all()
+            meters = [self._meter_record(r) for r in meter_rows]
+            if meter_ids:
+                meters = [m for m in meters if m.id in set(meter_ids)]
+            else:
+                meters = [m for m in meters if m.archived_at is None]  # §3.1: hidden unless asked for
+            out: list[CustomerMeterRecord] = []
+            for c in customers:
+                key = c.external_id or c.id
+                window = self._window(conn, key, now)
+                for m in meters:
+                    compiled = self._meters[m.id]
+                    row = conn.execute(select(t.usage).where(and_(
+                        t.usage.c.customer == key, t.usage.c.meter_id == m.id,
+                        t.usage.c.window_us == window.start_us))).first()
+                    if row is None:
+                        state, credited = RowState(), self._initial_credit(conn, key, compiled, window)
+                        created, modified = c.created_at, None
+                    else:
+                        state, credited = RowState(row.n, row.total, row.vmax, row.vmin), row.credited
+                        created, modified = _dt(row.created_us), _dt(row.modified_us)
+                    consumed = consumed_of(compiled.func, state)
+                    credit = float(credited or 0.0)
+                    out.append(CustomerMeterRecord(
+                        id=self.customer_meter_id(c.id, m.id), customer=c, meter=m, consumed_units=consumed,
+                        credited_units=credit, balance=credit - consumed,
+                        created_at=created or c.created_at, modified_at=modified))
+        return out
+
+    def get_customer_meter(self: LocalEngine, customer_meter_id: str) -> CustomerMeterRecord | None:
+        with self.db.read() as conn:
+            meter_ids = list(conn.execute(select(t.meters.c.id)).scalars())
+        for record in self.customer_meters(meter_ids=meter_ids):
+            if record.id == customer_meter_id:
+                return record
+        return None
+
+    # -- events -----------------------------------------------------------------------------------------
+    def list_events(self: LocalEngine, *, customer_id: str | None = None, external_customer_id: str | None = None,
+                    name: str | None = None, start: datetime | None = None, end: datetime | None = None,
+                    page: int = 1, limit: int = 10, source: str | None = None) -> tuple[list[StoredEvent], int]:
+        conds = []
+        if customer_id is not None:
+            conds.append(t.events.c.customer_id == customer_id)
+        if external_customer_id is not None:
+            conds.append(t.events.c.customer == external_customer_id)
+        if name is not None:
+            conds.append(t.events.c.name == name)
+        if start is not None:
+            conds.append(t.events.c.ts_us >= _us(start))
+        if end is not None:
+            conds.append(t.events.c.ts_us <= _us(end))
+        if source is not None:
+            conds.append(t.events.c.source == source)
+        where = and_(True, *conds)
+        with self.db.read() as conn:
+            total = int(conn.execute(select(func.count()).select_from(t.events).where(where)).scalar_one())
+            rows = conn.execute(select(t.events).where(where).order_by(t.events.c.ts_us.desc(), t.events.c.seq.desc())
+                                .offset((page - 1) * limit).limit(limit)).all()
+        return [StoredEvent(id=event_uuid(r.seq), name=r.name, timestamp=_dt(r.ts_us),  # type: ignore[arg-type]
+                            ingested_at=_dt(r.ingested_us), metadata=json.loads(r.metadata),  # type: ignore[arg-type]
+                            external_id=r.external_id, external_customer_id=r.external_customer_id,
+                            customer_id=r.customer_id, source=r.source) for r in rows], total
+
+    # -- quantities -------------------------------------------------------------------------------------
+    def quantities(self: LocalEngine, meter_id: str, *, start: datetime, end: datetime, interval: str,
+                   timezone: str = "UTC", customer_ids: Sequence[str] | None = None,
+                   external_customer_ids: Sequence[str] | None = None,
+                   metadata: Mapping[str, Sequence[str]] | None = None,
+                   customer_aggregation: str | None = None) -> tuple[list[tuple[datetime, float]], float]:
+        """Usage per time bucket by event timestamp (§2.6). ``total`` for avg/unique is computed over
+        the raw events of the range (Polar's query is unbounded there; we bound it by the range)."""
+        compiled = self._meters.get(meter_id)
+        if compiled is None:
+            raise NotFound("meter not found", status_code=404)
+        try:
+            tz = ZoneInfo(timezone)
+        except Exception:
+            raise ValidationError("timezone", "must be an IANA time zone name", timezone) from None
+        points = series(start, end, interval)
+        buckets = [bucket_start(p, interval, tz) for p in points]
+        if not points:
+            return [], 0.0
+        first = buckets[0]
+        last_end = bucket_start(points[-1], interval, tz)
+        last_end = (add_months(last_end, 12 if interval == "year" else 1) if interval in ("month", "year")
+                    else last_end + {"hour": timedelta(hours=1), "day": timedelta(days=1),
+                                     "week": timedelta(weeks=1)}[interval])
+        keys: set[str] = set()
+        with self.db.read() as conn:
+            if customer_ids:
+                for row in conn.execute(select(t.customers).where(t.customers.c.id.in_(list(customer_ids)))):
+                    keys.add(row.external_id or row.id)
+            if external_customer_ids:
+                keys.update(external_customer_ids)
+            conds = [t.events.c.ts_us >= _us(first), t.events.c.ts_us < _us(last_end)]
+            if customer_ids or external_customer_ids:
+                conds.append(t.events.c.customer.in_(sorted(keys)))
+            rows = conn.execute(select(t.events.c.customer, t.events.c.name, t.events.c.source, t.events.c.ts_us,
+                                       t.events.c.metadata).where(and_(*conds))).all()
+        wanted = set(buckets)
+        per: dict[datetime, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+        raw: list[Any] = []
+        from polar_metering.backends._engine.backend import from_us
+
+        for customer, name, source, ts_us, md_text in rows:
+            md = json.loads(md_text)
+            if metadata and not all(
+                (v := lookup(md, k)) is not None and not isinstance(v, dict) and json_text(v) in set(vals)
+                for k, vals in metadata.items()
+            ):
+                continue
+            ts_s = ts_us // 1_000_000
+            if not compiled.matcher(name, source, ts_s, md):
+                continue
+            bucket = bucket_start(from_us(ts_us), interval, tz)
+            if bucket not in wanted:
+                continue
+            value: Any = (unique_key(lookup(md, compiled.aggregation.property or "")) if compiled.func == "unique"
+                          else None if compiled.func == "count" else compiled.reader(name, source, ts_s, md))
+            per[bucket][customer].append(value)
+            raw.append(value)
+        func_name = compiled.func
+        quantities: list[tuple[datetime, float]] = []
+        present: list[float] = []
+        for point, bucket in zip(points, buckets, strict=True):
+            groups = per.get(bucket)
+            if not groups:
+                quantities.append((point, 0.0))
+                continue
+            if customer_aggregation:
+                q = aggregate_values(customer_aggregation, [aggregate_values(func_name, v) for v in groups.values()])
+            else:
+                q = aggregate_values(func_name, [x for v in groups.values() for x in v])
+            quantities.append((point, q))
+            present.append(q)
+        if func_name in ("count", "sum") or customer_aggregation:
+            total = float(sum(q for _, q in quantities))
+        elif func_name == "max":
+            total = max(present) if present else 0.0
+        elif func_name == "min":
+            total = min(present) if present else 0.0
+        else:
+            total = aggregate_values(func_name, raw)
+        return quantities, total
