@@ -39,6 +39,11 @@ logger = logging.getLogger("polar_metering")
 T = TypeVar("T")
 
 _TOKEN_TYPES = ("input", "output", "total")
+# Batch items may use the seed guide's camelCase names too.
+_ALIASES = (("customer_id", "external_customer_id", "externalCustomerId"), ("event_name", "name", "eventName"),
+            ("metadata", "properties"))
+_BATCH_KEYS = frozenset({"customer_id", "event_name", "metadata", "timestamp", "external_id"})
+_ALL_KEYS = frozenset({n for names in _ALIASES for n in names} | {"timestamp", "external_id", "externalId"})
 
 
 def _require_str(value: object, field: str) -> str:
@@ -95,23 +100,26 @@ class _Core:
                                   external_id=item.external_id, now=now)
         if not isinstance(item, Mapping):
             raise ValidationError("event", "must be a dict or an Event", item)
-        aliases = {"customer_id": ("customer_id", "external_customer_id", "externalCustomerId"),
-                   "name": ("event_name", "name", "eventName"),
-                   "metadata": ("metadata", "properties")}
-        values: dict[str, Any] = {}
-        for key, names in aliases.items():
-            present = [n for n in names if n in item]
-            if len(present) > 1:
-                raise ValidationError(key, f"give only one of {present}", None)
-            values[key] = item[present[0]] if present else None
-        known = {n for names in aliases.values() for n in names} | {"timestamp", "external_id", "externalId"}
-        unknown = set(item) - known
-        if unknown:
-            raise ValidationError(sorted(unknown)[0], "is not an event field (customer_id, event_name, metadata, "
-                                  "timestamp, external_id)", None)
-        return validate_event(values["customer_id"], values["name"], values["metadata"],
-                              timestamp=item.get("timestamp"),
-                              external_id=item.get("external_id", item.get("externalId")), now=now)
+        if item.keys() <= _BATCH_KEYS:  # the documented spelling: no aliases to resolve
+            customer, name, metadata = item.get("customer_id"), item.get("event_name"), item.get("metadata")
+        else:
+            customer, name, metadata = (self._alias(item, names) for names in _ALIASES)
+            unknown = item.keys() - _ALL_KEYS
+            if unknown:
+                raise ValidationError(sorted(unknown)[0], "is not an event field (customer_id, event_name, "
+                                      "metadata, timestamp, external_id)", None)
+        external_id = item.get("external_id")
+        if external_id is None:
+            external_id = item.get("externalId")
+        return validate_event(customer, name, metadata, timestamp=item.get("timestamp"), external_id=external_id,
+                              now=now)
+
+    @staticmethod
+    def _alias(item: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+        present = [n for n in names if n in item]
+        if len(present) > 1:
+            raise ValidationError(names[0], f"give only one of {present}", None)
+        return item[present[0]] if present else None
 
     def api_request(self, customer_id: object, endpoint: object, method: object, status_code: object,
                     duration_ms: object) -> Event:

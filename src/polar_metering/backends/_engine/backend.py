@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from polar_metering._catalog import Aggregation, Catalog, Filter, Meter, Plan
@@ -42,6 +42,7 @@ from polar_metering.backends._engine.records import PolarEventIn
 from polar_metering.backends._engine.rollups import (
     CompiledMeter,
     Delta,
+    MeterIndex,
     RowState,
     accumulate,
     consumed_of,
@@ -52,11 +53,19 @@ from polar_metering.backends._engine.rollups import (
 __all__ = ["LocalEngine", "Window", "to_us", "from_us"]
 
 _IN_CHUNK = 500  # bound on IN (...) lists; SQLite's default variable limit is far above this
+_UPDATE_USAGE = (
+    update(t.usage)
+    .where(and_(t.usage.c.customer == bindparam("k_c"), t.usage.c.meter_id == bindparam("k_m"),
+                t.usage.c.window_us == bindparam("k_w")))
+    .values(n=bindparam("n"), total=bindparam("total"), vmax=bindparam("vmax"), vmin=bindparam("vmin"),
+            modified_us=bindparam("modified_us"))
+)
 
 
 def to_us(when: datetime) -> int:
     """Microseconds since the epoch: exact integer time for both databases."""
-    return (when - _EPOCH) // timedelta(microseconds=1)
+    d = when - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def from_us(us: int) -> datetime:
@@ -64,6 +73,19 @@ def from_us(us: int) -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """Rows for ``_ingest_rows``. Events of one batch usually share one timestamp object: convert once."""
+    rows = []
+    last_ts: datetime | None = None
+    last_us = 0
+    for e in events:
+        ts = e.timestamp
+        if ts is not last_ts:
+            last_ts, last_us = ts, to_us(ts)
+        rows.append((e.external_id, e.customer_id, e.customer_id, None, e.name, last_us, e.metadata, "user"))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +129,26 @@ class LocalEngine(PolarSurface, Backend):
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
+        self._locked: set[str] = set()
+        self._insert_events_sql = self._sql(
+            "INSERT INTO pm_events (external_id, customer, external_customer_id, customer_id, name, ts_us, "
+            "ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        held = "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? AND h.expires_us > ?"
+        self._sql_account = self._sql("SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?")
+        self._sql_reading = self._sql(
+            f"SELECT u.n, u.total, u.vmax, u.vmin, u.credited, (SELECT COALESCE(SUM(h.amount), 0.0) {held}), "
+            f"(SELECT COALESCE(MAX(h.amount), 0.0) {held}), u.window_us "
+            "FROM (SELECT 1 AS one) AS x LEFT JOIN pm_usage u "
+            "ON u.customer = ? AND u.meter_id = ? AND u.window_us = ?"
+        )
         if options.get("create_schema", True):
             self._create_schema()
         self._sync_catalog()
+
+    def _sql(self, text: str) -> str:
+        """Portable SQL written with ``?`` placeholders, in this driver's parameter style."""
+        return text if self.db.engine.dialect.paramstyle == "qmark" else text.replace("?", "%s")
 
     @classmethod
     def open(
@@ -169,6 +208,7 @@ class LocalEngine(PolarSurface, Backend):
                 r.id, r.slug, r.name, Filter.from_polar(json.loads(r.filter)),
                 Aggregation.from_polar(json.loads(r.aggregation)), archived=r.archived_us is not None)
         self._meters = meters
+        self._index = MeterIndex(meters.values())
         self._slugs = {m.slug: m.id for m in meters.values() if m.slug}
 
     def _meter_id(self, meter: Meter | str) -> CompiledMeter:
@@ -195,6 +235,9 @@ class LocalEngine(PolarSurface, Backend):
     # -- windows and credits --------------------------------------------------------------------
     def _window(self, conn: Connection, customer: str, now: datetime) -> Window:
         acct = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
+        return self._window_of(conn, acct, now)
+
+    def _window_of(self, conn: Connection, acct: Any, now: datetime) -> Window:
         plan = self._plan(conn, acct.plan) if acct is not None else None
         if plan is not None and acct is not None and acct.anchor_us is not None:
             start, end = period_containing(from_us(acct.anchor_us), plan.interval, now)
@@ -262,10 +305,7 @@ class LocalEngine(PolarSurface, Backend):
         """Store validated events (library path: external customer ids) and update rollups."""
         if not events:
             return IngestResult(0, 0)
-        rows = [
-            (e.external_id, e.customer_id, e.customer_id, None, e.name, to_us(e.timestamp), e.metadata, "user")
-            for e in events
-        ]
+        rows = _event_rows(events)
         with self.db.write() as conn:
             return self._ingest_rows(conn, rows)
 
@@ -312,72 +352,116 @@ class LocalEngine(PolarSurface, Backend):
             if known:
                 fresh = [r for r in fresh if r[0] is None or r[0] not in known]
         if fresh:
-            conn.execute(insert(t.events), [
-                {"external_id": r[0], "customer": r[1], "external_customer_id": r[2], "customer_id": r[3],
-                 "name": r[4], "ts_us": r[5], "ingested_us": now_us, "metadata": dumps(r[6]), "source": r[7]}
-                for r in fresh
+            # The hot insert goes straight to the driver's executemany: SQLAlchemy's per-row parameter
+            # processing would cost more than SQLite's own work here.
+            conn.exec_driver_sql(self._insert_events_sql, [
+                (r[0], r[1], r[2], r[3], r[4], r[5], now_us, dumps(r[6]), r[7]) for r in fresh
             ])
             self._apply(conn, fresh, now_us)
         return IngestResult(len(fresh), len(rows) - len(fresh))
 
     def _apply(self, conn: Connection, rows: Iterable[tuple[Any, ...]], now_us: int) -> None:
-        meters = [m for m in self._meters.values() if not m.archived]
+        index = self._index
         deltas: dict[tuple[str, str], Delta] = {}
         for r in rows:
-            accumulate(deltas, meters, r[1], r[4], r[7], r[5] // 1_000_000, r[6])
-        if not deltas:
-            return
-        windows: dict[str, Window] = {}
-        now = from_us(now_us)
-        for (customer, meter_id), delta in sorted(deltas.items()):
-            window = windows.get(customer)
-            if window is None:
-                window = windows[customer] = self._window(conn, customer, now)
-            self._add(conn, customer, self._meters[meter_id], window, delta, now_us)
-        locked = {mid for (_, mid) in deltas if mid in self._meters}
-        if locked:
-            conn.execute(update(t.meters).where(and_(t.meters.c.id.in_(locked), t.meters.c.locked.is_(False)))
+            accumulate(deltas, index.candidates(r[4]), r[1], r[4], r[7], r[5] // 1_000_000, r[6])
+        if deltas:
+            self._add_many(conn, deltas, now_us)
+
+    def _windows(self, conn: Connection, customers: Iterable[str], now: datetime) -> dict[str, Window]:
+        """Current windows of many customers with one query (customers without an account row get
+        the calendar month)."""
+        wanted = sorted(set(customers))
+        accounts: dict[str, Any] = {}
+        for i in range(0, len(wanted), _IN_CHUNK):
+            for acct in conn.execute(select(t.accounts).where(t.accounts.c.customer.in_(wanted[i:i + _IN_CHUNK]))):
+                accounts[acct.customer] = acct
+        return {c: self._window_of(conn, accounts.get(c), now) for c in wanted}
+
+    def _add_many(self, conn: Connection, deltas: Mapping[tuple[str, str], Delta], now_us: int) -> None:
+        """Fold ``deltas`` into the rollups with a fixed number of statements per batch: read the
+        rows (locked, in key order so concurrent writers never deadlock), create the missing ones,
+        then one executemany update."""
+        windows = self._windows(conn, (c for c, _ in deltas), from_us(now_us))
+        keys = sorted((c, m, windows[c].start_us) for (c, m) in deltas)
+        states = self._lock_rows(conn, keys)
+        missing = [k for k in keys if k not in states]
+        if missing:
+            conn.execute(insert_ignore(self.db.engine, t.usage), [
+                {"customer": c, "meter_id": m, "window_us": w, "window_end_us": windows[c].end_us, "n": 0,
+                 "total": 0.0, "vmax": None, "vmin": None,
+                 "credited": self._initial_credit(conn, c, self._meters[m], windows[c]),
+                 "created_us": now_us, "modified_us": None}
+                for c, m, w in missing
+            ])
+            states.update(self._lock_rows(conn, missing))
+        new_unique = self._insert_unique_values(conn, deltas, windows)
+        updates = []
+        for c, m, w in keys:
+            delta = deltas[(c, m)]
+            state = merge(states[(c, m, w)], delta, new_unique.get((c, m), 0))
+            updates.append({"k_c": c, "k_m": m, "k_w": w, "n": state.n, "total": state.total, "vmax": state.vmax,
+                            "vmin": state.vmin, "modified_us": now_us})
+        conn.execute(_UPDATE_USAGE, updates)
+        self._lock_meters(conn, {m for _, m in deltas})
+
+    def _lock_rows(self, conn: Connection, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], RowState]:
+        out: dict[tuple[str, str, int], RowState] = {}
+        cols = (t.usage.c.customer, t.usage.c.meter_id, t.usage.c.window_us)
+        for i in range(0, len(keys), _IN_CHUNK):
+            query = (select(*cols, t.usage.c.n, t.usage.c.total, t.usage.c.vmax, t.usage.c.vmin)
+                     .where(tuple_(*cols).in_(keys[i:i + _IN_CHUNK])).order_by(*cols).with_for_update())
+            for r in conn.execute(query):
+                out[(r.customer, r.meter_id, r.window_us)] = RowState(r.n, r.total, r.vmax, r.vmin)
+        return out
+
+    def _insert_unique_values(self, conn: Connection, deltas: Mapping[tuple[str, str], Delta],
+                              windows: Mapping[str, Window]) -> dict[tuple[str, str], int]:
+        """Record distinct values of unique meters; returns how many were new per (customer, meter)."""
+        wanted = [(c, m, windows[c].start_us, k) for (c, m), d in deltas.items() for k in d.keys]
+        if not wanted:
+            return {}
+        cols = (t.usage_values.c.customer, t.usage_values.c.meter_id, t.usage_values.c.window_us,
+                t.usage_values.c.value_key)
+        have: set[tuple[str, str, int, str]] = set()
+        for i in range(0, len(wanted), _IN_CHUNK):
+            have.update(tuple(r) for r in conn.execute(select(*cols).where(tuple_(*cols).in_(wanted[i:i + _IN_CHUNK]))))
+        fresh = [w for w in wanted if w not in have]
+        counts: dict[tuple[str, str], int] = {}
+        if fresh:
+            conn.execute(insert_ignore(self.db.engine, t.usage_values),
+                         [{"customer": c, "meter_id": m, "window_us": w, "value_key": k} for c, m, w, k in fresh])
+            for c, m, _, _ in fresh:
+                counts[(c, m)] = counts.get((c, m), 0) + 1
+        return counts
+
+    def _lock_meters(self, conn: Connection, meter_ids: set[str]) -> None:
+        # §2.4: a meter that has aggregated an event can no longer change its filter or aggregation.
+        unlocked = [m for m in meter_ids if m in self._meters and m not in self._locked]
+        if unlocked:
+            conn.execute(update(t.meters).where(and_(t.meters.c.id.in_(unlocked), t.meters.c.locked.is_(False)))
                          .values(locked=True))
+            self._locked.update(unlocked)
 
     def _add(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, delta: Delta,
              now_us: int) -> None:
-        row = self._usage_row(conn, customer, meter, window, lock=True)
-        new_unique = 0
-        if delta.keys:
-            keys = list(delta.keys)
-            have: set[str] = set()
-            base = and_(t.usage_values.c.customer == customer, t.usage_values.c.meter_id == meter.id,
-                        t.usage_values.c.window_us == window.start_us)
-            for i in range(0, len(keys), _IN_CHUNK):
-                have.update(conn.execute(select(t.usage_values.c.value_key).where(
-                    and_(base, t.usage_values.c.value_key.in_(keys[i:i + _IN_CHUNK])))).scalars())
-            missing = [k for k in keys if k not in have]
-            if missing:
-                conn.execute(insert_ignore(self.db.engine, t.usage_values), [
-                    {"customer": customer, "meter_id": meter.id, "window_us": window.start_us, "value_key": k}
-                    for k in missing
-                ])
-            new_unique = len(missing)
-        state = merge(RowState(row.n, row.total, row.vmax, row.vmin), delta, new_unique)
-        conn.execute(update(t.usage).where(and_(
-            t.usage.c.customer == customer, t.usage.c.meter_id == meter.id, t.usage.c.window_us == window.start_us,
-        )).values(n=state.n, total=state.total, vmax=state.vmax, vmin=state.vmin, modified_us=now_us))
+        self._add_many(conn, {(customer, meter.id): delta}, now_us)
 
     # -- readings -------------------------------------------------------------------------------------
     def _reading(self, conn: Connection, customer: str, meter: CompiledMeter, now: datetime) -> MeterReading:
-        window = self._window(conn, customer, now)
-        row = conn.execute(select(t.usage).where(and_(
-            t.usage.c.customer == customer, t.usage.c.meter_id == meter.id, t.usage.c.window_us == window.start_us,
-        ))).first()
-        if row is None:
+        """One customer's reading: the account row, then the rollup row with active holds in one
+        statement. Plain SQL through the driver: this is the limit-check hot path, and building
+        SQLAlchemy expressions would cost several times the database's own work."""
+        acct = conn.exec_driver_sql(self._sql_account, (customer,)).first()
+        window = self._window_of(conn, acct, now)
+        now_us = to_us(now)
+        row = conn.exec_driver_sql(self._sql_reading, (customer, meter.id, now_us, customer, meter.id, now_us,
+                                                       customer, meter.id, window.start_us)).one()
+        n, total, vmax, vmin, credited, held_sum, held_max, exists = row
+        if exists is None:
             state, credited = RowState(), self._initial_credit(conn, customer, meter, window)
         else:
-            state, credited = RowState(row.n, row.total, row.vmax, row.vmin), row.credited
-        held_sum, held_max = conn.execute(
-            select(func.coalesce(func.sum(t.holds.c.amount), 0.0), func.coalesce(func.max(t.holds.c.amount), 0.0))
-            .where(and_(t.holds.c.customer == customer, t.holds.c.meter_id == meter.id,
-                        t.holds.c.expires_us > to_us(now)))
-        ).one()
+            state = RowState(n, total, vmax, vmin)
         reserved = float(held_max if meter.func in ("max", "min") else held_sum)
         return MeterReading(
             meter=meter.slug or meter.id, customer=customer, consumed=consumed_of(meter.func, state),
@@ -526,8 +610,7 @@ class LocalEngine(PolarSurface, Backend):
             return hold, reading
 
     def settle(self, hold: Hold, events: Sequence[Event]) -> IngestResult:
-        rows = [(e.external_id, e.customer_id, e.customer_id, None, e.name, to_us(e.timestamp), e.metadata, "user")
-                for e in events]
+        rows = _event_rows(events)
         with self.db.write() as conn:
             conn.execute(delete(t.holds).where(t.holds.c.id == hold.id))
             # Usage that happened is recorded even if the hold expired meanwhile: losing it would

@@ -1,0 +1,94 @@
+"""Backends under test, each behind one small harness so the same tests run over all of them.
+
+A harness builds a client on its backend, can give a customer credits the way that backend does it
+(a plan on the local engine, a credit grant in Polar), and can wait until tracked usage shows in
+readings (at once on the local engine; after delivery and settling with Polar).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import pytest
+
+from polar_metering import Catalog, Metering, Plan
+from polar_metering._catalog import DEFAULT_METERS, Meter
+from polar_metering.backends._engine.backend import LocalEngine
+
+
+class Harness(Protocol):
+    name: str
+    client: Metering
+
+    def give_credits(self, customer: str, meter: str, units: float) -> None: ...
+
+    def settle(self) -> None: ...
+
+
+class EngineHarness:
+    """The local engine at a URL: credits through a per-customer plan."""
+
+    def __init__(self, name: str, url: str, meters: tuple[Meter, ...]) -> None:
+        self.name = name
+        self.client = Metering(url, catalog=Catalog(meters))
+        assert isinstance(self.client.backend, LocalEngine)
+        self.engine: LocalEngine = self.client.backend
+
+    def give_credits(self, customer: str, meter: str, units: float) -> None:
+        plan = Plan(f"plan-{uuid.uuid4().hex[:8]}", credits={meter: units})
+        self.engine.subscribe(customer, plan)
+
+    def settle(self) -> None:
+        assert self.client.flush(10)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+HarnessFactory = Callable[[tuple[Meter, ...]], Any]
+_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]],
+                                    Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]]:
+    """Add a backend to the conformance matrix."""
+
+    def deco(fn: Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]) -> Any:
+        _FACTORIES[name] = fn
+        return fn
+
+    return deco
+
+
+@register("sqlite-file")
+def _sqlite_file(request: pytest.FixtureRequest, meters: tuple[Meter, ...]) -> EngineHarness:
+    tmp = request.getfixturevalue("tmp_path")
+    return EngineHarness("sqlite-file", f"sqlite:///{tmp / 'conformance.db'}", meters)
+
+
+@register("sqlite-memory")
+def _sqlite_memory(request: pytest.FixtureRequest, meters: tuple[Meter, ...]) -> EngineHarness:
+    return EngineHarness("sqlite-memory", "sqlite:///:memory:", meters)
+
+
+@register("postgresql")
+def _postgresql(request: pytest.FixtureRequest, meters: tuple[Meter, ...]) -> EngineHarness:
+    url = request.getfixturevalue("postgresql_url")
+    return EngineHarness("postgresql", url, meters)
+
+
+def factories() -> dict[str, Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]]:
+    return _FACTORIES
+
+
+@contextmanager
+def open_harness(request: pytest.FixtureRequest, name: str,
+                 meters: tuple[Meter, ...] = DEFAULT_METERS) -> Iterator[Any]:
+    harness = _FACTORIES[name](request, meters)
+    try:
+        yield harness
+    finally:
+        harness.close()
