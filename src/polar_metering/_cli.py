@@ -1,4 +1,4 @@
-"""The ``polar-metering`` command: demo, usage, setup, emulator, outbox, dashboard.
+"""The ``polar-metering`` command: demo, usage, setup, emulator, outbox.
 
 It needs the ``cli`` extra (Typer and Rich); without it, ``main`` prints how to install it.
 """
@@ -22,7 +22,7 @@ def _build_app() -> Any:
 
     app = typer.Typer(
         name="polar-metering",
-        help="Usage-based billing on Polar meters: demo, setup, emulator, usage, outbox, dashboard.",
+        help="Usage-based billing on Polar meters: demo, setup, emulator, usage, outbox.",
         no_args_is_help=True,
         add_completion=False,
     )
@@ -76,7 +76,6 @@ def _build_app() -> Any:
     _add_optional(app, "polar_metering._cli_setup", "setup", "Create missing meters in Polar and report drift.")
     _add_optional(app, "polar_metering.emulator._cli", "emulator", "Run the Polar-compatible emulator.")
     _add_optional(app, "polar_metering.delivery._cli", "outbox", "Inspect and drain the delivery outbox.")
-    _add_optional(app, "polar_metering.dashboard._cli", "dashboard", "Serve the usage dashboard.")
     return app
 
 
