@@ -95,11 +95,12 @@ class _Core:
         return good, bad
 
     def _batch_item(self, item: object, now: datetime) -> Event:
-        if isinstance(item, Event):
-            return validate_event(item.customer_id, item.name, item.metadata, timestamp=item.timestamp,
-                                  external_id=item.external_id, now=now)
-        if not isinstance(item, Mapping):
-            raise ValidationError("event", "must be a dict or an Event", item)
+        if type(item) is not dict:
+            if isinstance(item, Event):
+                return validate_event(item.customer_id, item.name, item.metadata, timestamp=item.timestamp,
+                                      external_id=item.external_id, now=now)
+            if not isinstance(item, Mapping):
+                raise ValidationError("event", "must be a dict or an Event", item)
         if item.keys() <= _BATCH_KEYS:  # the documented spelling: no aliases to resolve
             customer, name, metadata = item.get("customer_id"), item.get("event_name"), item.get("metadata")
         else:

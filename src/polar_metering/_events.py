@@ -179,10 +179,27 @@ def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, An
     """Check metadata by Polar's event rules and return a plain dict copy."""
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping):
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise ValidationError(field, "must be a mapping of string keys to str, int, float or bool", metadata)
     out: dict[str, Any] = {}
     for key, value in metadata.items():
+        cls = type(value)
+        # Fast path for the common case (plain str key, plain scalar value): no per-key allocations.
+        if type(key) is str and "\x00" not in key and key[:1] != "_":
+            if cls is str:
+                if 0 < len(value) <= MAX_METADATA_STRING and "\x00" not in value:
+                    out[key] = value
+                    continue
+            elif cls is int:
+                if -_INT_LIMIT < value < _INT_LIMIT:
+                    out[key] = value
+                    continue
+            elif cls is bool:
+                out[key] = value
+                continue
+            elif cls is float and math.isfinite(value):
+                out[key] = value
+                continue
         if not isinstance(key, str):
             raise ValidationError(field, f"keys must be strings, got {key!r}", key)
         key = _plain_str(key)
@@ -263,16 +280,18 @@ def validate_event(
     now: datetime,
 ) -> Event:
     """Validate one event and stamp what the caller left out (timestamp = ``now``, a fresh id)."""
-    if not isinstance(customer_id, str) or not customer_id:
-        raise ValidationError("customer_id", "must be a non-empty string", customer_id)
-    customer_id = _plain_str(customer_id)
-    _check_str(customer_id, "customer_id")
-    if not isinstance(name, str) or not name:
-        raise ValidationError("name", "must be a non-empty string", name)
-    if len(name) > MAX_NAME:
-        raise ValidationError("name", f"must be at most {MAX_NAME} characters", name)
-    name = _plain_str(name)
-    _check_str(name, "name")
+    if type(customer_id) is not str or not customer_id or "\x00" in customer_id:
+        if not isinstance(customer_id, str) or not customer_id:
+            raise ValidationError("customer_id", "must be a non-empty string", customer_id)
+        customer_id = _plain_str(customer_id)
+        _check_str(customer_id, "customer_id")
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME or "\x00" in name:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("name", "must be a non-empty string", name)
+        if len(name) > MAX_NAME:
+            raise ValidationError("name", f"must be at most {MAX_NAME} characters", name)
+        name = _plain_str(name)
+        _check_str(name, "name")
     clean = validate_metadata(metadata)
     ts = now if timestamp is None else parse_timestamp(timestamp, now=now)
     if external_id is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from polar_metering._catalog import Aggregation, Catalog, Filter, Meter, Plan
@@ -131,8 +131,8 @@ class LocalEngine(PolarSurface, Backend):
         self._slugs: dict[str, str] = {}
         self._locked: set[str] = set()
         self._insert_events_sql = self._sql(
-            "INSERT INTO pm_events (external_id, customer, external_customer_id, customer_id, name, ts_us, "
-            "ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, name, "
+            "ts_us, ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         held = "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? AND h.expires_us > ?"
         self._sql_account = self._sql("SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?")
@@ -170,6 +170,7 @@ class LocalEngine(PolarSurface, Backend):
         now = to_us(self.clock.now())
         changed: list[str] = []
         with self.db.write() as conn:
+            self.db.serialize_setup(conn)  # processes opening one PostgreSQL database at once
             existing = {r.slug: r for r in conn.execute(select(t.meters).where(t.meters.c.slug.is_not(None)))}
             for meter in self.catalog.meters:
                 flt, agg = dumps(meter.filter.to_polar()), dumps(meter.aggregation.to_polar())
@@ -193,10 +194,9 @@ class LocalEngine(PolarSurface, Backend):
 
     def _store_plan(self, conn: Connection, plan: Plan) -> None:
         values = {"credits": dumps(dict(plan.credits)), "interval": plan.interval, "rollover": plan.rollover}
-        if conn.execute(select(t.plans.c.name).where(t.plans.c.name == plan.name)).first() is None:
-            conn.execute(insert(t.plans).values(name=plan.name, **values))
-        else:
-            conn.execute(update(t.plans).where(t.plans.c.name == plan.name).values(**values))
+        # Insert-if-missing then update: safe when another process stores the same plan at once.
+        conn.execute(insert_ignore(self.db.engine, t.plans).values(name=plan.name, **values))
+        conn.execute(update(t.plans).where(t.plans.c.name == plan.name).values(**values))
         self._plans[plan.name] = plan
 
     def _load_meters(self) -> None:
@@ -306,29 +306,30 @@ class LocalEngine(PolarSurface, Backend):
         if not events:
             return IngestResult(0, 0)
         rows = _event_rows(events)
-        with self.db.write() as conn:
-            return self._ingest_rows(conn, rows)
+        return self.db.run_write(lambda conn: self._ingest_rows(conn, rows))
 
     def ingest_polar(self, events: Sequence[PolarEventIn]) -> IngestResult:
         """Store events in Polar's ingest shape (the emulator's path); ``customer_id`` must exist."""
         if not events:
             return IngestResult(0, 0)
-        with self.db.write() as conn:
-            keys: dict[str, str] = {}
-            rows = []
-            for e in events:
-                if e.customer_id is not None:
-                    if e.customer_id not in keys:
-                        c = conn.execute(select(t.customers).where(t.customers.c.id == e.customer_id)).first()
-                        if c is None:
-                            raise NotFound(f"customer_id: customer {e.customer_id} not found", status_code=404)
-                        keys[e.customer_id] = c.external_id or c.id
-                    key = keys[e.customer_id]
-                else:
-                    key = e.external_customer_id or ""
-                rows.append((e.external_id, key, e.external_customer_id, e.customer_id, e.name,
-                             to_us(e.timestamp), e.metadata, e.source))
-            return self._ingest_rows(conn, rows)
+        return self.db.run_write(lambda conn: self._ingest_polar_rows(conn, events))
+
+    def _ingest_polar_rows(self, conn: Connection, events: Sequence[PolarEventIn]) -> IngestResult:
+        keys: dict[str, str] = {}
+        rows = []
+        for e in events:
+            if e.customer_id is not None:
+                if e.customer_id not in keys:
+                    c = conn.execute(select(t.customers).where(t.customers.c.id == e.customer_id)).first()
+                    if c is None:
+                        raise NotFound(f"customer_id: customer {e.customer_id} not found", status_code=404)
+                    keys[e.customer_id] = c.external_id or c.id
+                key = keys[e.customer_id]
+            else:
+                key = e.external_customer_id or ""
+            rows.append((e.external_id, key, e.external_customer_id, e.customer_id, e.name,
+                         to_us(e.timestamp), e.metadata, e.source))
+        return self._ingest_rows(conn, rows)
 
     def _ingest_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         now_us = to_us(self.clock.now())
@@ -342,21 +343,32 @@ class LocalEngine(PolarSurface, Backend):
                     continue
                 seen.add(eid)
             fresh.append(row)
-        if seen:
-            known: set[str] = set()
-            ids = list(seen)
-            for i in range(0, len(ids), _IN_CHUNK):
-                known.update(conn.execute(
-                    select(t.events.c.external_id).where(t.events.c.external_id.in_(ids[i:i + _IN_CHUNK]))
-                ).scalars())
-            if known:
-                fresh = [r for r in fresh if r[0] is None or r[0] not in known]
+        if self.db.is_postgresql and fresh:
+            # §1.3 under concurrency: ON CONFLICT skips ids stored, or being stored, by other processes.
+            inserted = self.db.insert_events(conn, [
+                (r[0], r[1], r[2], r[3], r[4], r[5], dumps(r[6]), r[7]) for r in fresh], now_us)
+            assert inserted is not None
+            fresh = [r for r in fresh if r[0] is None or r[0] in inserted]
+            if fresh:
+                self._apply(conn, fresh, now_us)
+            return IngestResult(len(fresh), len(rows) - len(fresh))
+        if not fresh:
+            return IngestResult(0, len(rows))
+        # SQLite: the write transaction is exclusive, so rows with seq above the current maximum are
+        # exactly ours. Insert-or-ignore lets the unique index do the dedup; only when it skipped
+        # something do we look up which rows went in (a resend), so the common path costs one
+        # executemany. The driver's executemany is used directly: SQLAlchemy's per-row parameter
+        # processing would cost more than SQLite's own work here.
+        before = conn.exec_driver_sql("SELECT COALESCE(MAX(seq), 0) FROM pm_events").scalar_one()
+        result = conn.exec_driver_sql(self._insert_events_sql, [
+            (r[0], r[1], r[2], r[3], r[4], r[5], now_us, dumps(r[6]), r[7]) for r in fresh
+        ])
+        if result.rowcount != len(fresh):
+            stored = set(conn.exec_driver_sql(
+                "SELECT external_id FROM pm_events WHERE seq > ? AND external_id IS NOT NULL", (before,)
+            ).scalars())
+            fresh = [r for r in fresh if r[0] is None or r[0] in stored]
         if fresh:
-            # The hot insert goes straight to the driver's executemany: SQLAlchemy's per-row parameter
-            # processing would cost more than SQLite's own work here.
-            conn.exec_driver_sql(self._insert_events_sql, [
-                (r[0], r[1], r[2], r[3], r[4], r[5], now_us, dumps(r[6]), r[7]) for r in fresh
-            ])
             self._apply(conn, fresh, now_us)
         return IngestResult(len(fresh), len(rows) - len(fresh))
 
@@ -406,33 +418,44 @@ class LocalEngine(PolarSurface, Backend):
         self._lock_meters(conn, {m for _, m in deltas})
 
     def _lock_rows(self, conn: Connection, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], RowState]:
+        """Read (and on PostgreSQL lock) the rollup rows for ``keys``. The query selects by customer
+        and window, which the primary key indexes; a row-value IN list would make SQLite scan."""
+        wanted = set(keys)
+        customers = sorted({k[0] for k in keys})
+        window_starts = sorted({k[2] for k in keys})
         out: dict[tuple[str, str, int], RowState] = {}
         cols = (t.usage.c.customer, t.usage.c.meter_id, t.usage.c.window_us)
-        for i in range(0, len(keys), _IN_CHUNK):
+        for i in range(0, len(customers), _IN_CHUNK):
             query = (select(*cols, t.usage.c.n, t.usage.c.total, t.usage.c.vmax, t.usage.c.vmin)
-                     .where(tuple_(*cols).in_(keys[i:i + _IN_CHUNK])).order_by(*cols).with_for_update())
+                     .where(and_(t.usage.c.customer.in_(customers[i:i + _IN_CHUNK]),
+                                 t.usage.c.window_us.in_(window_starts)))
+                     .order_by(*cols).with_for_update())
             for r in conn.execute(query):
-                out[(r.customer, r.meter_id, r.window_us)] = RowState(r.n, r.total, r.vmax, r.vmin)
+                key = (r.customer, r.meter_id, r.window_us)
+                if key in wanted:
+                    out[key] = RowState(r.n, r.total, r.vmax, r.vmin)
         return out
 
     def _insert_unique_values(self, conn: Connection, deltas: Mapping[tuple[str, str], Delta],
                               windows: Mapping[str, Window]) -> dict[tuple[str, str], int]:
         """Record distinct values of unique meters; returns how many were new per (customer, meter)."""
-        wanted = [(c, m, windows[c].start_us, k) for (c, m), d in deltas.items() for k in d.keys]
-        if not wanted:
-            return {}
-        cols = (t.usage_values.c.customer, t.usage_values.c.meter_id, t.usage_values.c.window_us,
-                t.usage_values.c.value_key)
-        have: set[tuple[str, str, int, str]] = set()
-        for i in range(0, len(wanted), _IN_CHUNK):
-            have.update(tuple(r) for r in conn.execute(select(*cols).where(tuple_(*cols).in_(wanted[i:i + _IN_CHUNK]))))
-        fresh = [w for w in wanted if w not in have]
         counts: dict[tuple[str, str], int] = {}
-        if fresh:
-            conn.execute(insert_ignore(self.db.engine, t.usage_values),
-                         [{"customer": c, "meter_id": m, "window_us": w, "value_key": k} for c, m, w, k in fresh])
-            for c, m, _, _ in fresh:
-                counts[(c, m)] = counts.get((c, m), 0) + 1
+        v = t.usage_values.c
+        for (c, m), d in sorted(deltas.items()):
+            if not d.keys:
+                continue
+            w = windows[c].start_us
+            keys = sorted(d.keys)
+            have: set[str] = set()
+            for i in range(0, len(keys), _IN_CHUNK):
+                have.update(conn.execute(select(v.value_key).where(and_(
+                    v.customer == c, v.meter_id == m, v.window_us == w, v.value_key.in_(keys[i:i + _IN_CHUNK])
+                ))).scalars())
+            fresh = [k for k in keys if k not in have]
+            if fresh:
+                conn.execute(insert_ignore(self.db.engine, t.usage_values),
+                             [{"customer": c, "meter_id": m, "window_us": w, "value_key": k} for k in fresh])
+                counts[(c, m)] = len(fresh)
         return counts
 
     def _lock_meters(self, conn: Connection, meter_ids: set[str]) -> None:
@@ -516,10 +539,8 @@ class LocalEngine(PolarSurface, Backend):
             elif self._plan(conn, plan_name) is None:
                 raise ConfigurationError(f"plan: unknown plan {plan_name!r}; pass plans=[...] to init()")
             values = {"plan": plan_name, "anchor_us": to_us(anchor), "reset_us": None}
-            if conn.execute(select(t.accounts.c.customer).where(t.accounts.c.customer == customer)).first():
-                conn.execute(update(t.accounts).where(t.accounts.c.customer == customer).values(**values))
-            else:
-                conn.execute(insert(t.accounts).values(customer=customer, **values))
+            conn.execute(insert_ignore(self.db.engine, t.accounts).values(customer=customer, **values))
+            conn.execute(update(t.accounts).where(t.accounts.c.customer == customer).values(**values))
             self._rebuild_customer(conn, customer)
 
     def reset_meters(self, customer_id: str, meter_id: str | None = None) -> None:
@@ -528,10 +549,9 @@ class LocalEngine(PolarSurface, Backend):
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
             now_us = to_us(self.clock.now())
-            if conn.execute(select(t.accounts.c.customer).where(t.accounts.c.customer == key)).first():
-                conn.execute(update(t.accounts).where(t.accounts.c.customer == key).values(reset_us=now_us))
-            else:
-                conn.execute(insert(t.accounts).values(customer=key, plan=None, anchor_us=None, reset_us=now_us))
+            conn.execute(insert_ignore(self.db.engine, t.accounts).values(
+                customer=key, plan=None, anchor_us=None, reset_us=now_us))
+            conn.execute(update(t.accounts).where(t.accounts.c.customer == key).values(reset_us=now_us))
 
     def grant_credits(self, customer_id: str, meter_id: str, units: float, *, rollover: bool = False) -> None:
         """Add ``units`` (negative to revoke) to the current window's credit, clamped at 0 (§3.2)."""
@@ -559,14 +579,17 @@ class LocalEngine(PolarSurface, Backend):
             if customer is not None:
                 self._rebuild_customer(conn, customer, meter_id)
                 return
-            customers = conn.execute(select(t.events.c.customer).distinct()).scalars().all()
+            # Sorted in Python, as ingest sorts its lock keys (a database collation may order differently).
+            customers = sorted(conn.execute(select(t.events.c.customer).distinct()).scalars())
             for c in customers:
                 self._rebuild_customer(conn, c, meter_id)
 
     def _rebuild_customer(self, conn: Connection, customer: str, meter_id: str | None = None) -> None:
         now = self.clock.now()
         window = self._window(conn, customer, now)
-        targets = [m for m in self._meters.values() if not m.archived and (meter_id is None or m.id == meter_id)]
+        # Sorted: rollup rows are locked in key order everywhere, so writers never deadlock on them.
+        targets = sorted((m for m in self._meters.values() if not m.archived and meter_id in (None, m.id)),
+                         key=lambda m: m.id)
         for m in targets:
             row = self._usage_row(conn, customer, m, window, lock=True)
             conn.execute(delete(t.usage_values).where(and_(
@@ -611,11 +634,16 @@ class LocalEngine(PolarSurface, Backend):
 
     def settle(self, hold: Hold, events: Sequence[Event]) -> IngestResult:
         rows = _event_rows(events)
-        with self.db.write() as conn:
-            conn.execute(delete(t.holds).where(t.holds.c.id == hold.id))
+
+        def work(conn: Connection) -> IngestResult:
             # Usage that happened is recorded even if the hold expired meanwhile: losing it would
-            # under-bill, and the action already ran.
-            return self._ingest_rows(conn, rows) if rows else IngestResult(0, 0)
+            # under-bill, and the action already ran. Rollup rows are locked before the hold row, the
+            # order ``hold()`` uses too, so the two cannot deadlock on PostgreSQL.
+            result = self._ingest_rows(conn, rows) if rows else IngestResult(0, 0)
+            conn.execute(delete(t.holds).where(t.holds.c.id == hold.id))
+            return result
+
+        return self.db.run_write(work)
 
     def release(self, hold: Hold) -> None:
         with self.db.write() as conn:
