@@ -69,7 +69,6 @@ from polar_metering._status import MeterReading, SafeResult, TrackingResult, Usa
 from polar_metering._version import __version__
 
 __all__ = [
-    "DEFAULT_METERS",
     "Aggregation",
     "AsyncMetering",
     "AsyncReservation",
@@ -80,6 +79,7 @@ __all__ = [
     "Catalog",
     "Clock",
     "ConfigurationError",
+    "DEFAULT_METERS",
     "Event",
     "EventName",
     "Filter",

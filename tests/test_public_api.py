@@ -1,0 +1,30 @@
+"""The public surface is exactly what ``__all__`` lists, sorted, and nothing leaks a private module path."""
+
+from __future__ import annotations
+
+import polar_metering
+import polar_metering.aio
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """``__all__`` is sorted and names every public attribute of the package (and nothing else)."""
+    exported = polar_metering.__all__
+    assert exported == sorted(exported)
+    public = {n for n in dir(polar_metering) if not n.startswith("_")} | {"__version__"}
+    modules = {"aio", "backends", "delivery", "emulator", "integrations", "testing"}
+    assert set(exported) == public - modules | ({"aio"} & public)
+
+
+def test_async_module_mirrors_sync_functions() -> None:
+    """Every module-level function has an awaitable twin in ``polar_metering.aio``."""
+    sync_functions = {n for n in polar_metering.__all__ if n.startswith(("track_", "check_", "with_usage"))}
+    sync_functions |= {"get_all_usage", "reserve", "subscribe", "flush"}
+    missing = sync_functions - set(polar_metering.aio.__all__)
+    assert not missing
+
+
+def test_exported_types_are_the_documented_ones() -> None:
+    """The seed's types keep their fields: UsageStatus(allowed, current, limit, remaining, reason)."""
+    fields = polar_metering.UsageStatus.__dataclass_fields__
+    assert list(fields)[:5] == ["allowed", "current", "limit", "remaining", "reason"]
+    assert list(polar_metering.TrackingResult.__dataclass_fields__)[:3] == ["success", "inserted", "duplicates"]
