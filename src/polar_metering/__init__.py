@@ -10,7 +10,7 @@ actions, and run everything offline on an embedded engine that behaves like Pola
     status = metering.check_limit("user_123", "api_requests")
 """
 
-from polar_metering import aio
+from polar_metering import aio, testing
 from polar_metering._api import (
     check_current_limit,
     check_limit,
@@ -121,6 +121,7 @@ __all__ = [
     "set_current_customer",
     "shutdown",
     "subscribe",
+    "testing",
     "track_ai_tokens",
     "track_api_request",
     "track_seat_activity",

@@ -39,6 +39,8 @@ logger = logging.getLogger("polar_metering")
 T = TypeVar("T")
 
 _TOKEN_TYPES = ("input", "output", "total")
+_INTERVALS = ("hour", "day", "week", "month", "year")
+_MAX_RANGE_DAYS = {"hour": 7, "day": 366, "week": 371, "month": 1460, "year": 3650}
 # Batch items may use the seed guide's camelCase names too.
 _ALIASES = (("customer_id", "external_customer_id", "externalCustomerId"), ("event_name", "name", "eventName"),
             ("metadata", "properties"))
@@ -188,6 +190,28 @@ class _Core:
             raise ValidationError("meter", str(e).removeprefix("meter: "), meter) from None
         amt = None if amount is None else float(_require_number(amount, "amount"))
         return customer, m, amt
+
+    def history_range(self, start: object, end: object, interval: object) -> tuple[datetime, datetime]:
+        from polar_metering._events import parse_timestamp
+
+        if interval not in _INTERVALS:
+            raise ValidationError("interval", f"must be one of {list(_INTERVALS)}", interval)
+        now = self.clock.now()
+        first = parse_timestamp(start, "start")
+        last = now if end is None else parse_timestamp(end, "end")
+        if first > last:
+            raise ValidationError("start", "must not be after end", start)
+        # Align to the bucket so each point is a whole hour/day/week/month/year (UTC).
+        from zoneinfo import ZoneInfo
+
+        from polar_metering.backends._engine.polar_surface import bucket_start
+
+        first = bucket_start(first, str(interval), ZoneInfo("UTC"))
+        # Polar's range limits per interval (§2.6), so a dashboard query here also works against Polar.
+        if (last - first).days > _MAX_RANGE_DAYS[str(interval)]:
+            raise ValidationError("start", f"a {interval} interval covers at most {_MAX_RANGE_DAYS[str(interval)]} "
+                                  "days; use a larger interval or a shorter range", start)
+        return first, last
 
     def status(self, meter: Meter, reading: MeterReading, amount: float | None, already_counted: bool = False,
                stale: bool = False) -> UsageStatus:
@@ -359,6 +383,14 @@ class Metering(_Base):
         except BackendError as e:
             return {m.slug: self._core.unavailable(m, customer, e) for m in self.catalog.meters}
         return {m.slug: self._core.status(m, readings[m.slug], None) for m in self.catalog.meters}
+
+    def usage_history(self, customer_id: str, meter: str, *, start: datetime, end: datetime | None = None,
+                      interval: Literal["hour", "day", "week", "month", "year"] = "day") -> list[tuple[datetime, float]]:
+        """Usage per time bucket (by event timestamp) from ``start`` to ``end`` (default now), for
+        dashboards: ``[(bucket_start, quantity), ...]``."""
+        customer, m, _ = self._core.limit_args(customer_id, meter, None)
+        start, end = self._core.history_range(start, end, interval)
+        return self.backend.history(customer, m, start=start, end=end, interval=interval)
 
     def with_usage_limit(self, meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
                          amount: float | None = None, **kwargs: Any) -> T:
@@ -553,6 +585,12 @@ class AsyncMetering(_Base):
     async def get_all_usage(self, customer_id: str | None = None) -> dict[str, UsageStatus]:
         customer = customer_id if customer_id is not None else require_current_customer()
         return await self._run(self._sync.get_all_usage, customer)
+
+    async def usage_history(self, customer_id: str, meter: str, *, start: datetime, end: datetime | None = None,
+                            interval: Literal["hour", "day", "week", "month", "year"] = "day",
+                            ) -> list[tuple[datetime, float]]:
+        return await self._run(self._sync.usage_history, customer_id, meter, start=start, end=end,
+                               interval=interval)
 
     async def with_usage_limit(self, meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
                                customer_id: str | None = None, amount: float | None = None, **kwargs: Any) -> T:

@@ -182,6 +182,11 @@ class Backend(ABC):
         """For ``unique`` meters: whether ``value`` is already counted this period."""
         return False
 
+    def history(self, customer: str, meter: Meter, *, start: datetime, end: datetime,
+                interval: str) -> list[tuple[datetime, float]]:
+        """Usage per hour/day/week/month bucket by event time (Polar's meter quantities, §2.6)."""
+        raise ConfigurationError(f"usage_history: the {self.url.scheme}:// backend has no usage history")
+
     # -- plans (local engine) -------------------------------------------------------------------
     def subscribe(self, customer: str, plan: Plan, started_at: datetime | None = None) -> None:
         raise ConfigurationError(

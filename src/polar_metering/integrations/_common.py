@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from polar_metering._clock import Clock
 from polar_metering._context import reset_current_customer, set_current_customer
 from polar_metering._exceptions import ConfigurationError, MeteringError, ValidationError
 from polar_metering._status import _fmt
@@ -36,6 +35,7 @@ __all__ = [
     "Resolver",
     "check_amount",
     "check_meter",
+    "check_optional_amount",
     "check_paths",
     "check_resolver",
     "customer_scope",
@@ -55,7 +55,7 @@ RequestT = TypeVar("RequestT", contravariant=True)
 T = TypeVar("T")
 
 #: ``request -> billing entity id or None``. FastAPI and Django also accept a coroutine function.
-Resolver: TypeAlias = Callable[[RequestT], "str | None | Awaitable[str | None]"]
+Resolver: TypeAlias = Callable[[RequestT], "str | Awaitable[str | None] | None"]
 
 #: Runs a blocking callable on a worker thread: ``anyio.to_thread.run_sync``, asgiref's ``sync_to_async``.
 RunSync: TypeAlias = Callable[[Callable[[], T]], Awaitable[T]]
@@ -73,7 +73,7 @@ class RequestState:
 
     customer: str | None
     refused: bool = False
-    client: object = None
+    client: Metering | AsyncMetering | None = None
 
 
 def check_resolver(resolver: object) -> Callable[[Any], Any]:
@@ -99,12 +99,19 @@ def check_meter(meter: object) -> str:
     return meter
 
 
-def check_amount(amount: object, *, required: bool = False) -> float | None:
-    if amount is None and not required:
-        return None
-    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount) or amount <= 0:
+def check_amount(amount: object) -> float:
+    if (
+        isinstance(amount, bool)
+        or not isinstance(amount, int | float)
+        or not math.isfinite(amount)
+        or amount <= 0
+    ):
         raise ValidationError("amount", "must be a finite number > 0", amount)
     return amount
+
+
+def check_optional_amount(amount: object) -> float | None:
+    return None if amount is None else check_amount(amount)
 
 
 def check_paths(paths: Iterable[str]) -> tuple[str, ...]:
@@ -124,7 +131,9 @@ def is_excluded(path: str, prefixes: tuple[str, ...]) -> bool:
 def import_object(dotted: object, where: str) -> Any:
     """Import ``"package.module.name"``; ``where`` names the setting in the error."""
     if not isinstance(dotted, str) or "." not in dotted:
-        raise ConfigurationError(f"{where}: must be a dotted path like 'myapp.billing.resolve', got {dotted!r}")
+        raise ConfigurationError(
+            f"{where}: must be a dotted path like 'myapp.billing.resolve', got {dotted!r}"
+        )
     module_name, _, attr = dotted.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attr)
@@ -167,7 +176,7 @@ def limit_headers(status: UsageStatus, now: datetime) -> dict[str, str]:
     return headers
 
 
-def now_for(client: object | None) -> datetime:
+def now_for(client: Metering | AsyncMetering | None) -> datetime:
     """The time on the client's clock (a ManualClock in tests), so Retry-After agrees with period_end."""
     if client is None:
         import polar_metering as metering
@@ -175,9 +184,8 @@ def now_for(client: object | None) -> datetime:
         try:
             client = metering.get_client()
         except MeteringError:
-            client = None
-    clock = getattr(client, "clock", None)
-    return clock.now() if isinstance(clock, Clock) else datetime.now(UTC)
+            return datetime.now(UTC)
+    return client.config.clock.now()
 
 
 def track_quietly(track: Callable[[], TrackingResult]) -> None:

@@ -26,7 +26,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     import anyio.to_thread
@@ -44,6 +44,7 @@ from polar_metering.integrations._common import (
     Resolver,
     check_amount,
     check_meter,
+    check_optional_amount,
     check_paths,
     check_resolver,
     customer_scope,
@@ -156,7 +157,7 @@ def usage_limit(
     for an anonymous request, which it lets through) and raises ``UsageLimitExceeded`` on refusal.
     """
     meter = check_meter(meter)
-    wanted = check_amount(amount)
+    wanted = check_optional_amount(amount)
     calls = AsyncCalls(client, anyio.to_thread.run_sync)
 
     async def check_usage_limit(request: Request) -> UsageStatus | None:
@@ -185,11 +186,11 @@ def usage_reservation(
     dependency is a sync generator, which FastAPI runs on its thread pool: use it from ``def`` endpoints.
     """
     meter = check_meter(meter)
-    held = check_amount(amount, required=True)
+    held = check_amount(amount)
     calls = AsyncCalls(client, anyio.to_thread.run_sync)
 
     if calls.is_sync:
-        sync_client: Any = client
+        sync_client = cast("Metering", client)
 
         def hold_usage_sync(request: Request) -> Iterator[Any]:
             customer = _request_state(request, "usage_reservation").customer
@@ -209,10 +210,10 @@ def usage_reservation(
         if client is None:
             import polar_metering.aio as aio
 
-            holder: Any = aio.reserve(customer, meter, held, ttl=ttl)
+            reservation = await aio.reserve(customer, meter, held, ttl=ttl)
         else:
-            holder = client.reserve(customer, meter, held, ttl=ttl)
-        async with holder as reservation:
+            reservation = await cast("AsyncMetering", client).reserve(customer, meter, held, ttl=ttl)
+        async with reservation:
             yield reservation
 
     return hold_usage
@@ -226,7 +227,9 @@ async def usage_limit_exceeded_handler(request: Request, exc: Exception) -> JSON
     if isinstance(state, RequestState):
         state.refused = True
     client = state.client if isinstance(state, RequestState) else None
-    return JSONResponse(limit_body(exc.status), status_code=429, headers=limit_headers(exc.status, now_for(client)))
+    return JSONResponse(
+        limit_body(exc.status), status_code=429, headers=limit_headers(exc.status, now_for(client))
+    )
 
 
 def install(
@@ -241,12 +244,13 @@ def install(
 
     The handler also answers refusals raised by ``with_usage_limit`` or ``reserve`` inside endpoints.
     """
+    # Starlette builds middleware at the first request; check the arguments now, where the mistake is.
     app.add_middleware(
         MeteringMiddleware,
-        resolver=resolver,
+        resolver=check_resolver(resolver),
         client=client,
         track_requests=track_requests,
-        exclude_paths=exclude_paths,
+        exclude_paths=check_paths(exclude_paths),
     )
     app.add_exception_handler(UsageLimitExceeded, usage_limit_exceeded_handler)
 

@@ -515,6 +515,13 @@ class LocalEngine(PolarSurface, Backend):
                 t.usage_values.c.window_us == window.start_us, t.usage_values.c.value_key == key,
             ))).first() is not None
 
+    def history(self, customer: str, meter: Meter, *, start: datetime, end: datetime,
+                interval: str) -> list[tuple[datetime, float]]:
+        compiled = self._meter_id(meter)
+        points, _ = self.quantities(compiled.id, start=start, end=end, interval=interval,
+                                    external_customer_ids=[customer])
+        return points
+
     # -- plans ------------------------------------------------------------------------------------------
     def create_plan(self, plan: Plan) -> None:
         for slug in plan.credits:

@@ -1,0 +1,1 @@
+"""``manage.py polar_metering_setup``."""

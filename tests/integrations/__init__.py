@@ -1,0 +1,1 @@
+"""Tests of the FastAPI, Django and Flask integrations, each driving its example app."""
