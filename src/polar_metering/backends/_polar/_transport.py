@@ -1,0 +1,44 @@
+"""The delivery transport for Polar: one ``events.ingest`` call of the official SDK per batch (§1.1)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from polar_metering.backends._polar._sdk import Polar, PolarSettings, open_client, polar_errors
+from polar_metering.delivery import SendResult
+
+__all__ = ["SdkTransport"]
+
+
+class SdkTransport:
+    """Sends batches with ``polar-sdk``; SDK errors leave as the library's (see ``polar_errors``).
+
+    The SDK client (and its connection pool) is created on first use, on the sender's thread, and
+    reused for every batch after.
+    """
+
+    def __init__(self, settings: PolarSettings) -> None:
+        self._settings = settings
+        self._client: Polar | None = None
+        self._lock = threading.Lock()
+
+    def send(self, events: list[dict[str, Any]]) -> SendResult:
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client = self._client or open_client(self._settings)
+        with polar_errors("ingest events", self._settings):
+            # The SDK sends the events as they are: ISO-8601 timestamps with an offset, never
+            # organization_id (an organization token forbids it, §1.5).
+            response = client.events.ingest(events=events)  # type: ignore[arg-type]
+        return SendResult(inserted=response.inserted, duplicates=response.duplicates)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.__exit__()
+
+    def __repr__(self) -> str:
+        return f"SdkTransport(server={self._settings.server!r})"
