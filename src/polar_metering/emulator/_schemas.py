@@ -13,13 +13,13 @@ Two error families exist (§1.5): ``RequestValidationError`` for schema failures
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, NotRequired, TypeAlias
+from uuid import UUID
 
 from annotated_types import Ge, Le, MaxLen
 from pydantic import (
@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 __all__ = [
     "ORGANIZATION_TOKEN_MSG",
@@ -54,6 +54,7 @@ __all__ = [
     "detail_from_pydantic",
     "error_item",
     "parse_body",
+    "query_bool",
     "query_enum",
     "query_int",
     "query_timestamp",
@@ -70,8 +71,9 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 class RequestRejected(Exception):
     """A request Polar would answer with a 422 (or another status): carries Polar's JSON body."""
 
-    def __init__(self, detail: list[dict[str, Any]], *, error: str = "RequestValidationError",
-                 status_code: int = 422) -> None:
+    def __init__(
+        self, detail: list[dict[str, Any]], *, error: str = "RequestValidationError", status_code: int = 422
+    ) -> None:
         self.detail = detail
         self.error = error
         self.status_code = status_code
@@ -202,7 +204,7 @@ class EventMetadataInput(TypedDict, total=False, extra_items=MetadataValue):  # 
 
 class _EventCreateBase(BaseModel):
     # A ``None`` default (not validated) stands for "server now"; an explicit null still fails.
-    timestamp: Annotated[AwareDatetime, AfterValidator(_not_in_future)] = Field(default=None)
+    timestamp: Annotated[AwareDatetime, AfterValidator(_not_in_future)] = Field(default=None)  # type: ignore[assignment]
     name: str = Field(max_length=128)
     organization_id: UUID4 | None = None
     external_id: str | None = None
@@ -274,7 +276,8 @@ class Filter(BaseModel):
         return {
             "conjunction": self.conjunction.value,
             "clauses": [
-                c.to_polar() if isinstance(c, Filter)
+                c.to_polar()
+                if isinstance(c, Filter)
                 else {"property": c.property, "operator": c.operator.value, "value": c.value}
                 for c in self.clauses
             ],
@@ -296,7 +299,9 @@ class UniqueAggregationIn(BaseModel):
 
 
 # §2.2: a union discriminated on ``func``, so a missing func is ``union_tag_not_found``.
-AggregationIn = Annotated[CountAggregationIn | PropertyAggregationIn | UniqueAggregationIn, Discriminator("func")]
+AggregationIn = Annotated[
+    CountAggregationIn | PropertyAggregationIn | UniqueAggregationIn, Discriminator("func")
+]
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 MetadataField = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=_METADATA_MAX_KEYS)]
@@ -397,8 +402,10 @@ CUSTOMER_CREATE: TypeAdapter[CustomerIndividualCreate | CustomerTeamCreate] = Ty
 # --- query and path parameters -------------------------------------------------------------------
 
 _INT = TypeAdapter(int)
+_BOOL = TypeAdapter(bool)
 _AWARE = TypeAdapter(AwareDatetime)
-_UUID4 = TypeAdapter(UUID4)
+# Path and filter ids: Polar's are UUID4, but the engine derives some (customer meters) as UUID5.
+_UUID = TypeAdapter(UUID)
 
 
 def _adapt(adapter: TypeAdapter[Any], value: Any, loc: list[str | int]) -> Any:
@@ -421,6 +428,12 @@ def query_int(params: Mapping[str, str], name: str, default: int, *, minimum: in
     return value
 
 
+def query_bool(raw: str, name: str) -> bool:
+    """A boolean query parameter (``true``/``false``, ``1``/``0``...), as FastAPI parses it."""
+    value: bool = _adapt(_BOOL, raw, ["query", name])
+    return value
+
+
 def query_timestamp(params: Mapping[str, str], name: str, *, required: bool) -> datetime | None:
     raw = params.get(name)
     if raw is None:
@@ -433,8 +446,10 @@ def query_timestamp(params: Mapping[str, str], name: str, *, required: bool) -> 
 
 def query_enum(values: Sequence[str], name: str, allowed: Sequence[str], *, index: bool = False) -> list[str]:
     """Check each value is one of ``allowed``; the error reads like pydantic's enum error."""
-    expected = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}" if len(allowed) > 1 else repr(
-        allowed[0]
+    expected = (
+        ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+        if len(allowed) > 1
+        else repr(allowed[0])
     )
     errors = []
     for i, value in enumerate(values):
@@ -449,15 +464,14 @@ def query_enum(values: Sequence[str], name: str, allowed: Sequence[str], *, inde
 
 
 def query_uuid(values: Sequence[str], name: str) -> list[str]:
-    """Repeatable UUID4 filters (``customer_id``, ``meter_id``...), canonical lowercase strings."""
+    """Repeatable UUID filters (``customer_id``, ``meter_id``...), canonical lowercase strings."""
     out = []
     for i, value in enumerate(values):
         loc: list[str | int] = ["query", name, i] if len(values) > 1 else ["query", name]
-        out.append(str(_adapt(_UUID4, value, loc)))
+        out.append(str(_adapt(_UUID, value, loc)))
     return out
 
 
 def path_uuid(value: str, name: str = "id") -> str:
-    """A UUID4 path parameter (``/v1/meters/{id}``); Polar answers 422 at ``["path", name]`` otherwise."""
-    return str(_adapt(_UUID4, value, ["path", name]))
-
+    """A UUID path parameter (``/v1/meters/{id}``); Polar answers 422 at ``["path", name]`` otherwise."""
+    return str(_adapt(_UUID, value, ["path", name]))

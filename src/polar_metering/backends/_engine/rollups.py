@@ -147,7 +147,10 @@ try:  # orjson is ~10x faster than json for the small objects stored per event
     import orjson
 
     def dumps(value: Any) -> str:
-        return orjson.dumps(value).decode()
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:  # integers beyond 64 bits, which Polar accepts (§1.6)
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps source checkouts working
 

@@ -1,0 +1,147 @@
+"""Polar's balance debounce (§3.3), played by the emulator over an engine that settles at once.
+
+Polar recomputes a customer's meters in a task that waits 15 s after the customer's latest event
+and is pushed back by every new one (forced after 180 min). Until it runs, ``/v1/customer-meters``
+and the customer state show the figures of the previous recompute. :class:`SettledBalances` keeps,
+for each customer with unsettled events, the rows as they were before those events, and serves them
+until the customer has been quiet for ``delay`` seconds. With ``delay == 0`` it is a pass-through.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from polar_metering.backends._engine.backend import LocalEngine
+    from polar_metering.backends._engine.records import CustomerMeterRecord
+
+__all__ = ["MAX_WAIT_SECONDS", "SettledBalances"]
+
+MAX_WAIT_SECONDS = 180 * 60.0  # CUSTOMER_METER_UPDATE_DEBOUNCE_MAX_THRESHOLD (§3.3)
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Pending:
+    snapshot: list[CustomerMeterRecord]
+    first: float
+    last: float
+
+
+class SettledBalances:
+    """Customer-meter rows as Polar would serve them, given the time each customer last had events.
+
+    ``monotonic`` is the engine clock's, so a ``ManualClock`` drives the debounce in tests.
+    """
+
+    def __init__(self, engine: LocalEngine, delay: float, *, max_wait: float = MAX_WAIT_SECONDS) -> None:
+        if delay < 0:
+            raise ValueError("settle_delay: must be >= 0 seconds")
+        self._engine = engine
+        self.delay = float(delay)
+        self._max_wait = max_wait
+        self._now: Callable[[], float] = engine.clock.monotonic
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.delay > 0
+
+    def ingest(self, customer_ids: Iterable[str], action: Callable[[], _T]) -> _T:
+        """Run ``action`` (the insert), first freezing the rows of customers not already waiting."""
+        if not self.enabled:
+            return action()
+        ids = sorted(set(customer_ids))
+        with self._lock:
+            now = self._now()
+            fresh = [cid for cid in ids if cid not in self._pending or self._due(self._pending[cid], now)]
+            before = self._engine.customer_meters(customer_ids=fresh) if fresh else []
+            for cid in fresh:
+                self._pending[cid] = _Pending([r for r in before if r.customer.id == cid], now, now)
+            result = action()
+            now = self._now()
+            for cid in ids:
+                self._pending[cid].last = now
+            return result
+
+    def customer_created(self, customer_id: str) -> None:
+        """Polar queues a recompute when a customer is created (§1.7); until it runs there are no rows."""
+        if self.enabled:
+            with self._lock:
+                now = self._now()
+                self._pending[customer_id] = _Pending([], now, now)
+
+    def settle(self, customer_id: str | None = None) -> int:
+        """Recompute now (one customer, or everyone): the admin "settle now" and credit grants."""
+        with self._lock:
+            if customer_id is None:
+                count = len(self._pending)
+                self._pending.clear()
+                return count
+            return 1 if self._pending.pop(customer_id, None) is not None else 0
+
+    def _due(self, pending: _Pending, now: float) -> bool:
+        return now - pending.last >= self.delay or now - pending.first >= self._max_wait
+
+    def _held(self) -> dict[str, list[CustomerMeterRecord]]:
+        now = self._now()
+        for cid in [cid for cid, p in self._pending.items() if self._due(p, now)]:
+            del self._pending[cid]
+        return {cid: p.snapshot for cid, p in self._pending.items()}
+
+    def rows(
+        self,
+        *,
+        customer_ids: Sequence[str] | None = None,
+        external_customer_ids: Sequence[str] | None = None,
+        meter_ids: Sequence[str] | None = None,
+    ) -> list[CustomerMeterRecord]:
+        """The engine's rows, with waiting customers' rows replaced by their frozen ones."""
+        live = self._engine.customer_meters(
+            customer_ids=list(customer_ids) if customer_ids else None,
+            external_customer_ids=list(external_customer_ids) if external_customer_ids else None,
+            meter_ids=list(meter_ids) if meter_ids else None,
+        )
+        if not self.enabled:
+            return live
+        with self._lock:
+            held = self._held()
+        if not held:
+            return live
+        out = [r for r in live if r.customer.id not in held]
+        for frozen in held.values():
+            out.extend(r for r in frozen if _matches(r, customer_ids, external_customer_ids, meter_ids))
+        return out
+
+    def row(self, customer_meter_id: str) -> CustomerMeterRecord | None:
+        """One row by id; a row created by unsettled events does not exist yet."""
+        record = self._engine.get_customer_meter(customer_meter_id)
+        if record is None or not self.enabled:
+            return record
+        with self._lock:
+            frozen = self._held().get(record.customer.id)
+        if frozen is None:
+            return record
+        return next((r for r in frozen if r.id == customer_meter_id), None)
+
+
+def _matches(
+    record: CustomerMeterRecord,
+    customer_ids: Sequence[str] | None,
+    external_customer_ids: Sequence[str] | None,
+    meter_ids: Sequence[str] | None,
+) -> bool:
+    # Either id filter selects the customer, as the engine's customer_meters does.
+    if (customer_ids or external_customer_ids) and not (
+        record.customer.id in (customer_ids or ())
+        or record.customer.external_id in (external_customer_ids or ())
+    ):
+        return False
+    if meter_ids:
+        return record.meter.id in meter_ids
+    # §3.1: archived meters are listed only when asked for by id.
+    return record.meter.archived_at is None
