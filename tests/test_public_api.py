@@ -29,3 +29,15 @@ def test_exported_types_are_the_documented_ones() -> None:
     fields = polar_metering.UsageStatus.__dataclass_fields__
     assert list(fields)[:5] == ["allowed", "current", "limit", "remaining", "reason"]
     assert list(polar_metering.TrackingResult.__dataclass_fields__)[:3] == ["success", "inserted", "duplicates"]
+
+
+def test_core_import_stays_light() -> None:
+    """Importing the package loads no optional dependency: servers, SDKs and frameworks are extras."""
+    import subprocess
+    import sys
+
+    heavy = ["polar", "httpx", "starlette", "uvicorn", "typer", "rich", "fastapi", "django", "flask", "psycopg",
+             "alembic", "pydantic"]
+    code = "import sys, polar_metering; print(' '.join(m for m in %r if m in sys.modules))" % (heavy,)
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

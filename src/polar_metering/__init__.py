@@ -65,6 +65,7 @@ from polar_metering._exceptions import (
     UsageLimitExceeded,
     ValidationError,
 )
+from polar_metering._setup import MeterResult, SetupReport, run_setup
 from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
 from polar_metering._version import __version__
 
@@ -88,6 +89,7 @@ __all__ = [
     "MetadataValue",
     "Meter",
     "MeterReading",
+    "MeterResult",
     "MeterSlug",
     "Metering",
     "MeteringConfig",
@@ -100,6 +102,7 @@ __all__ = [
     "Reservation",
     "ReservationError",
     "SafeResult",
+    "SetupReport",
     "SystemClock",
     "TrackingResult",
     "UsageLimitExceeded",
@@ -118,6 +121,7 @@ __all__ = [
     "load_catalog",
     "reserve",
     "reset_current_customer",
+    "run_setup",
     "set_current_customer",
     "shutdown",
     "subscribe",
