@@ -215,7 +215,8 @@ class _Core:
 
     def status(self, meter: Meter, reading: MeterReading, amount: float | None, already_counted: bool = False,
                stale: bool = False) -> UsageStatus:
-        return decide(meter.aggregation.func, reading, amount, already_counted=already_counted, stale=stale)
+        return decide(meter.aggregation.func, reading, amount, already_counted=already_counted,
+                      stale=stale or reading.stale)
 
     def unavailable(self, meter: Meter, customer: str, exc: BackendError) -> UsageStatus:
         if not self.config.fail_open:

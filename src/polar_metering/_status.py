@@ -90,6 +90,8 @@ class MeterReading:
     #: how many values the aggregation has seen (events for count, numeric values for sum/avg...);
     #: lets ``avg`` meters project the effect of one more value
     samples: int = 0
+    #: served from a cache past its TTL because the backend could not be reached
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)

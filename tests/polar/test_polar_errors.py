@@ -202,7 +202,8 @@ def test_rate_limit_is_rate_limited_with_retry_after(tmp_path: Path) -> None:
             client.check_limit("cust_429", "api_requests")  # list meters + customer meters: 2 requests
             client.check_limit("cust_429", "api_requests")  # 3rd request, the last one allowed
             with pytest.raises(RateLimited) as info:
-                client.check_limit("cust_429", "api_requests")
+                # A customer with no earlier reading: nothing cached to serve while Polar says 429.
+                client.check_limit("cust_429_new", "api_requests")
         assert info.value.retry_after == 60
         assert classify(info.value) is Failure.RATE_LIMITED
         with Metering(url, fail_open=True, **common) as client:

@@ -178,6 +178,11 @@ class Backend(ABC):
         to answer on the event loop."""
         return None
 
+    def invalidate(self, customer: str | None = None, meter: str | None = None) -> int:
+        """Drop cached readings (all, one customer's, or one meter's); returns how many. Webhooks call
+        it when Polar says a customer's state changed. Backends without a cache have nothing to drop."""
+        return 0
+
     def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
         """For ``unique`` meters: whether ``value`` is already counted this period."""
         return False

@@ -13,16 +13,18 @@ The token comes from ``access_token=`` or ``POLAR_ACCESS_TOKEN`` and never from 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from polar_metering._exceptions import ConfigurationError
+from polar_metering._limits import Limits, MarkingTransport
 from polar_metering._status import MeterReading
-from polar_metering.backends._base import Backend, BackendURL, IngestResult
+from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult
 from polar_metering.backends._polar._readings import (
     MeterDirectory,
     NoCredits,
-    ReadingCache,
     check_no_credits,
     fetch_rows,
     to_reading,
@@ -71,17 +73,23 @@ class PolarBackend(Backend):
       on the network. ``IngestResult.inserted`` counts events accepted into the outbox; Polar's own
       duplicate count arrives later, at delivery (see ``outbox.metrics()``).
     - ``reading`` returns the customer's Polar customer meter for the catalog meter (matched by
-      name), cached for ``cache_ttl`` seconds. Polar updates balances ~15 s after ingest (§3.3), so
-      ``settles_immediately`` is false.
+      name), cached for ``cache_ttl`` seconds, plus the usage this process tracked that Polar has not
+      counted yet and this process's holds (``polar_metering._limits``): Polar updates balances
+      ~15 s after ingest (§3.3), so ``settles_immediately`` is false.
+    - ``hold``/``settle``/``release`` reserve within this process (atomic across its threads, not
+      across processes: see ``docs/limits.md``).
 
     Options (keyword, from ``backend_options`` or the constructor): ``no_credits`` —
     ``"unlimited"`` (default) or ``"deny"``, what a customer without credits on a meter may do (see
     :func:`~polar_metering.backends._polar._readings.to_reading`); ``delivery`` — a
-    :class:`DeliveryConfig` replacing the derived one; ``timeout`` — seconds per request.
+    :class:`DeliveryConfig` replacing the derived one; ``timeout`` — seconds per request;
+    ``overlay`` — ``{"settle_horizon": s, "unconfirmed_horizon": s, "settle_margin": s}`` to tune
+    when tracked usage leaves the overlay (``docs/limits.md`` §3).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("polar",)
     settles_immediately: ClassVar[bool] = False
+    supports_holds: ClassVar[bool] = True
     nonblocking_ingest: ClassVar[bool] = True
 
     def __init__(
@@ -94,12 +102,14 @@ class PolarBackend(Backend):
         no_credits: NoCredits | None = None,
         delivery: DeliveryConfig | None = None,
         timeout: float | None = None,
+        overlay: Mapping[str, float] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(url, catalog=catalog, clock=clock)
         if options:
             raise ConfigurationError(
-                f"polar://: unknown options {sorted(options)}; known: config, no_credits, delivery, timeout"
+                f"polar://: unknown options {sorted(options)}; "
+                "known: config, no_credits, delivery, timeout, overlay"
             )
         if config is None:
             from polar_metering._config import build_config
@@ -116,50 +126,68 @@ class PolarBackend(Backend):
         self._no_credits = check_no_credits(no_credits or url.query.get("no_credits", "unlimited"))
         if delivery is not None and not isinstance(delivery, DeliveryConfig):
             raise ConfigurationError(f"delivery: must be a DeliveryConfig, got {type(delivery).__name__}")
+        self.limits = _limits(catalog, clock, config, overlay)
         self._transport = SdkTransport(self.settings)
-        self.outbox = Outbox(delivery or delivery_config(self.settings, config.outbox_path), self._transport)
+        # Delivery reports feed the overlay's settle rule. The send time is compared with Polar's
+        # modified_at, stamped by Polar's clock, so it is real wall time, not the injectable clock.
+        marking = MarkingTransport(self._transport, self.limits.delivered, time.time)
+        self.outbox = Outbox(delivery or delivery_config(self.settings, config.outbox_path), marking)
         self._client = open_client(self.settings)
         self._directory = MeterDirectory(self._client, self.settings, clock.monotonic)
-        self._cache = ReadingCache(config.cache_ttl, config.cache_size, clock.monotonic)
         self._closed = False
 
     # -- events -------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> IngestResult:
-        """Queue ``events`` for delivery (no network I/O); raises ``OutboxError`` if the outbox is full."""
+        """Queue ``events`` for delivery (no network I/O) and overlay them on this process's readings;
+        raises ``OutboxError`` if the outbox is full."""
+        return self.limits.track(events, self._enqueue)
+
+    def _enqueue(self, events: Sequence[Event]) -> IngestResult:
         return IngestResult(inserted=self.outbox.enqueue(list(events)))
 
     # -- readings -----------------------------------------------------------------------------------
-    def _fetch(self, customer: str, meters: Sequence[Meter]) -> dict[str, MeterReading]:
+    def _fetch(self, customer: str, meters: Sequence[Meter]) -> dict[str, tuple[MeterReading, float | None]]:
+        """Polar's rows as readings, each with the row's ``modified_at`` (epoch seconds) for the overlay."""
         ids = self._directory.ids(meters)
         rows = fetch_rows(self._client, self.settings, customer, list(dict.fromkeys(ids.values())))
-        readings = {m.slug: to_reading(m, customer, rows.get(ids[m.slug]), self._no_credits) for m in meters}
-        for reading in readings.values():
-            self._cache.put(reading)
-        return readings
+        out: dict[str, tuple[MeterReading, float | None]] = {}
+        for m in meters:
+            row = rows.get(ids[m.slug])
+            out[m.slug] = (
+                to_reading(m, customer, row, self._no_credits),
+                _epoch(getattr(row, "modified_at", None)),
+            )
+        return out
 
     def reading(self, customer: str, meter: Meter) -> MeterReading:
-        """The customer's Polar customer meter on ``meter``; one request unless cached."""
-        cached = self._cache.get(customer, meter.slug)
-        if cached is not None:
-            return cached
-        return self._fetch(customer, [meter])[meter.slug]
+        """The customer's effective reading on ``meter``; no request while cached."""
+        return self.limits.reading(customer, meter, self._fetch)
 
     def readings(self, customer: str) -> dict[str, MeterReading]:
-        """Every catalog meter's reading in one request (``meter_id`` repeats in the query)."""
-        out: dict[str, MeterReading] = {}
-        missing: list[Meter] = []
-        for meter in self.catalog.meters:
-            cached = self._cache.get(customer, meter.slug)
-            if cached is None:
-                missing.append(meter)
-            else:
-                out[meter.slug] = cached
-        if missing:
-            out.update(self._fetch(customer, missing))
-        return {m.slug: out[m.slug] for m in self.catalog.meters}
+        """Every catalog meter's reading; one request (``meter_id`` repeats) for all not cached."""
+        return self.limits.readings(customer, self.catalog.meters, self._fetch)
 
     def peek(self, customer: str, meter: Meter) -> MeterReading | None:
-        return self._cache.get(customer, meter.slug)
+        return self.limits.peek(customer, meter)
+
+    def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
+        return self.limits.is_counted(customer, meter, value)
+
+    def invalidate(self, customer: str | None = None, meter: str | None = None) -> int:
+        """Make cached readings stale (``polar_metering.webhooks`` calls this on state changes)."""
+        return self.limits.invalidate(customer, meter)
+
+    # -- reservations (this process only) -----------------------------------------------------------
+    def hold(
+        self, customer: str, meter: Meter, amount: float, *, ttl: float
+    ) -> tuple[Hold | None, MeterReading]:
+        return self.limits.hold(customer, meter, amount, ttl, self._fetch)
+
+    def settle(self, hold: Hold, events: Sequence[Event]) -> IngestResult:
+        return self.limits.settle(hold, events, self._enqueue)
+
+    def release(self, hold: Hold) -> None:
+        self.limits.release(hold)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -180,3 +208,42 @@ class PolarBackend(Backend):
 
     def __repr__(self) -> str:
         return f"PolarBackend({self.url.masked!r}, server={self.settings.server!r})"
+
+
+_OVERLAY_OPTIONS = frozenset({"settle_horizon", "unconfirmed_horizon", "settle_margin"})
+
+
+def _limits(
+    catalog: Catalog, clock: Clock, config: MeteringConfig, overlay: Mapping[str, float] | None
+) -> Limits:
+    """The cache, overlay and holds, from the client's config and the ``overlay`` option."""
+    extra = dict(overlay or {})
+    unknown = set(extra) - _OVERLAY_OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"overlay: unknown keys {sorted(unknown)}; known: {sorted(_OVERLAY_OPTIONS)}"
+        )
+    try:
+        return Limits(
+            catalog,
+            clock,
+            ttl=config.cache_ttl,
+            stale_after=config.stale_after,
+            size=config.cache_size,
+            fail_open=config.fail_open,
+            **extra,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"overlay: {exc}") from None
+
+
+def _epoch(value: object) -> float | None:
+    """Polar's ``modified_at`` (the SDK keeps datetimes as ISO strings, §5.3) as epoch seconds."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

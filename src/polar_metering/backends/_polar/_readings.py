@@ -2,8 +2,7 @@
 
 Small pieces, each replaceable: :class:`MeterDirectory` maps catalog meters to Polar meter ids,
 :func:`fetch_rows` asks Polar for one customer's rows, :func:`to_reading` turns a row (or its absence)
-into a :class:`MeterReading`, and :class:`ReadingCache` keeps answers for a short TTL. A fuller cache
-with an overlay of unsettled usage can wrap these without changing them.
+into a :class:`MeterReading`. The cache and the overlay of unsettled usage (``_limits.py``) wrap these.
 
 Customer ids only ever travel as query parameters (``external_customer_id=...``), which httpx encodes,
 never in a path: the SDK does not escape path parameters, so ``user/1`` or ``a?b`` would break a
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
@@ -27,7 +25,6 @@ from polar_metering.backends._polar._sdk import Polar, PolarSettings, polar_erro
 __all__ = [
     "NoCredits",
     "MeterDirectory",
-    "ReadingCache",
     "catalog_definition",
     "check_no_credits",
     "fetch_rows",
@@ -172,43 +169,3 @@ def to_reading(meter: Meter, customer: str, row: Any | None, no_credits: NoCredi
     else:
         credited = None if no_credits == "unlimited" else 0.0
     return MeterReading(meter=meter.slug, customer=customer, consumed=consumed, credited=credited)
-
-
-class ReadingCache:
-    """Readings kept ``ttl`` seconds (monotonic), at most ``size`` of them (least recently used go)."""
-
-    def __init__(self, ttl: float, size: int, monotonic: Callable[[], float]) -> None:
-        self._ttl = ttl
-        self._size = size
-        self._monotonic = monotonic
-        self._entries: OrderedDict[tuple[str, str], tuple[float, MeterReading]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, customer: str, slug: str) -> MeterReading | None:
-        if self._ttl <= 0:
-            return None
-        key = (customer, slug)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if self._monotonic() >= entry[0]:
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
-
-    def put(self, reading: MeterReading) -> None:
-        if self._ttl <= 0:
-            return
-        expires = self._monotonic() + self._ttl
-        with self._lock:
-            key = (reading.customer, reading.meter)
-            self._entries[key] = (expires, reading)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()

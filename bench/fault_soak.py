@@ -1,0 +1,208 @@
+"""Delivery under faults: a producer tracks events to Polar's API through a fault-injecting proxy in
+front of the emulator, and is killed with SIGKILL mid-stream and restarted; after a final drain the
+emulator must hold exactly the events that were tracked, none lost and none twice.
+
+    python bench/fault_soak.py [--events 100000] [--faults 0.3] [--kills 3] [--batch 200]
+
+The producer writes ``start <i>`` before and ``done <i>`` after each ``track_usage_batch`` call, with
+external ids it chooses (``ev-<i>-<k>``). Batches marked done must all arrive (they were in the
+durable outbox when the call returned); a batch started but not done when the kill came may or may
+not have been stored. Nothing outside the started batches may arrive, and nothing may arrive twice.
+Faults (shares of ingest requests): 429 with Retry-After, 500, a stall past the client timeout, and
+"forward then drop the connection" (stored upstream, the client never hears).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from polar_metering.emulator import running_emulator
+from polar_metering.emulator._faults import FaultPlan, running_fault_proxy
+
+PRODUCER = r"""
+import os, sys
+from polar_metering import Metering
+from polar_metering.delivery import DeliveryConfig
+base, token, outbox, log, start, end, batch, send = sys.argv[1:9]
+start, end, batch, send = int(start), int(end), int(batch), int(send)
+delivery = DeliveryConfig(path=outbox, durable=True, lease_seconds=2.0, backoff_base=0.05, max_backoff=1.0,
+                          batch_max_events=send, poll_interval=0.2, environment=None,
+                          rate_limit_per_minute=600_000)
+client = Metering(f"polar://?base_url={base}", access_token=token, backend_options={"delivery": delivery,
+                  "timeout": 1.0})
+fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+for i in range(start, end, batch):
+    n = min(batch, end - i)
+    os.write(fd, f"start {i} {n}\n".encode())
+    result = client.track_usage_batch([{"customer_id": f"cust_{(i + k) % 7}", "event_name": "api.request",
+                                        "metadata": {"n": i + k}, "external_id": f"ev-{i + k}"}
+                                       for k in range(n)])
+    assert result.success, result.error
+    os.write(fd, f"done {i} {n}\n".encode())
+client.close(timeout=60)
+os.write(fd, b"finished\n")
+"""
+
+
+@dataclass
+class SoakResult:
+    started: set[str]
+    done: set[str]
+    stored: list[str]
+    kills: int
+    seconds: float
+    faults: dict[str, int]
+
+    @property
+    def lost(self) -> set[str]:
+        return self.done - set(self.stored)
+
+    @property
+    def duplicated(self) -> int:
+        return len(self.stored) - len(set(self.stored))
+
+    @property
+    def unexpected(self) -> set[str]:
+        return set(self.stored) - self.started
+
+
+def _read_log(log: Path) -> tuple[set[str], set[str], int]:
+    started: set[str] = set()
+    done: set[str] = set()
+    next_index = 0
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if parts[0] in ("start", "done"):
+            i, n = int(parts[1]), int(parts[2])
+            ids = {f"ev-{i + k}" for k in range(n)}
+            (started if parts[0] == "start" else done).update(ids)
+            if parts[0] == "done":
+                next_index = max(next_index, i + n)
+    return started, done, next_index
+
+
+def _stored_ids(base: str, token: str) -> list[str]:
+    from polar.v2026_10 import Polar
+
+    ids: list[str] = []
+    with Polar(token, base_url=base, timeout=30) as sdk:
+        page = 1
+        while True:
+            listing = sdk.events.list(page=page, limit=100)
+            # Polar's event output carries no external_id; each event's metadata holds its index.
+            ids.extend(f"ev-{e.metadata['n']}" for e in listing.items)
+            if page >= listing.pagination.max_page:
+                return ids
+            page += 1
+
+
+def run_soak(events: int, faults: float, kills: int, batch: int = 200, seed: int = 1,
+             send_batch: int = 250) -> SoakResult:
+    share = faults / 4
+    plan = FaultPlan(
+        rate_limited=share,
+        server_error=share,
+        slow=share,
+        dropped_after_forward=share,
+        slow_seconds=1.5,
+        retry_after=1,
+        seed=seed,
+    )
+    t0 = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_emulator() as emulator,
+        running_fault_proxy(emulator.base_url, plan) as proxy,
+    ):
+        outbox, log = Path(tmp) / "outbox.db", Path(tmp) / "producer.log"
+        log.touch()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        done_kills = 0
+        next_index = 0
+        while True:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    PRODUCER,
+                    proxy.base_url,
+                    emulator.token,
+                    str(outbox),
+                    str(log),
+                    str(next_index),
+                    str(events),
+                    str(batch),
+                    str(send_batch),
+                ],
+                env=env,
+            )
+            if done_kills < kills:
+                # Kill mid-stream, once a further share of the events is done (or after two minutes).
+                target = (done_kills + 1) * events // (kills + 1)
+                give_up = time.monotonic() + 120
+                while proc.poll() is None and time.monotonic() < give_up and len(_read_log(log)[1]) < target:
+                    time.sleep(0.02)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    done_kills += 1
+                    _, _, next_index = _read_log(log)
+                    continue
+            if proc.wait(timeout=900) != 0:
+                raise RuntimeError(f"producer exited with {proc.returncode}")
+            break
+        started, done, _ = _read_log(log)
+        stored = _stored_ids(emulator.base_url, emulator.token)
+        counts = proxy.counts
+        return SoakResult(
+            started,
+            done,
+            stored,
+            done_kills,
+            time.perf_counter() - t0,
+            {
+                "passed": counts.passed,
+                "rate_limited": counts.rate_limited,
+                "server_error": counts.server_error,
+                "slow": counts.slow,
+                "dropped_after_forward": counts.dropped_after_forward,
+            },
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--faults", type=float, default=0.3)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=200, help="events per track_usage_batch call")
+    parser.add_argument("--send-batch", type=int, default=250, help="events per request to the API")
+    args = parser.parse_args()
+    r = run_soak(args.events, args.faults, args.kills, args.batch, send_batch=args.send_batch)
+    total = sum(r.faults.values())
+    print(
+        f"{args.events:,} events, {r.kills} SIGKILLs, {total:,} ingest requests of which "
+        f"{total - r.faults['passed']:,} faulted ({(total - r.faults['passed']) / max(1, total):.0%}): {r.faults}"
+    )
+    print(
+        f"stored {len(set(r.stored)):,} distinct; lost {len(r.lost)}; duplicated {r.duplicated}; "
+        f"unexpected {len(r.unexpected)}; in-flight at kills and not stored "
+        f"{len(r.started - set(r.stored))}; {r.seconds:.1f}s"
+    )
+    ok = not r.lost and not r.duplicated and not r.unexpected
+    print("PASS" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
