@@ -6,6 +6,9 @@ as the engine's event table, in the same batch size, with the same pragmas. Post
 
     python bench/ingest.py [--events 100000] [--batch 1000] [--url sqlite:///path.db]
 
+With ``--url postgresql://user@host/db`` each run uses a new database on that server (the user needs
+CREATEDB) for both the floor and the engine, and drops it afterwards.
+
 Targets: ratio >= 0.5 on SQLite, >= 0.3 of COPY on PostgreSQL.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import now  # noqa: E402
+from _pg import fresh_database, plain  # noqa: E402
 
 import polar_metering as metering  # noqa: E402
 from polar_metering._events import new_external_id  # noqa: E402
@@ -37,11 +41,21 @@ def make_batches(events: int, batch: int) -> list[list[dict[str, object]]]:
         rows: list[dict[str, object]] = []
         for i in range(start, min(events, start + batch)):
             if i % 4 == 3:
-                rows.append({"customer_id": f"cust_{i % CUSTOMERS}", "event_name": "ai.tokens",
-                             "metadata": {"tokens": 100 + i % 900, "model": "gpt-4"}})
+                rows.append(
+                    {
+                        "customer_id": f"cust_{i % CUSTOMERS}",
+                        "event_name": "ai.tokens",
+                        "metadata": {"tokens": 100 + i % 900, "model": "gpt-4"},
+                    }
+                )
             else:
-                rows.append({"customer_id": f"cust_{i % CUSTOMERS}", "event_name": "api.request",
-                             "metadata": {"endpoint": "/api/generate", "method": "POST", "status_code": 200}})
+                rows.append(
+                    {
+                        "customer_id": f"cust_{i % CUSTOMERS}",
+                        "event_name": "api.request",
+                        "metadata": {"endpoint": "/api/generate", "method": "POST", "status_code": 200},
+                    }
+                )
         out.append(rows)
     return out
 
@@ -68,8 +82,23 @@ CREATE INDEX ix_ev ON ev (customer, ts_us);
 
 def floor_rows(batches: list[list[dict[str, object]]]) -> list[list[tuple[object, ...]]]:
     ts = int(datetime.now(UTC).timestamp() * 1_000_000)
-    return [[(new_external_id(), e["customer_id"], e["customer_id"], None, e["event_name"], ts, ts,
-              json.dumps(e["metadata"]), "user") for e in b] for b in batches]
+    return [
+        [
+            (
+                new_external_id(),
+                e["customer_id"],
+                e["customer_id"],
+                None,
+                e["event_name"],
+                ts,
+                ts,
+                json.dumps(e["metadata"]),
+                "user",
+            )
+            for e in b
+        ]
+        for b in batches
+    ]
 
 
 def sqlite_floor(path: Path, rows: list[list[tuple[object, ...]]]) -> float:
@@ -81,8 +110,11 @@ def sqlite_floor(path: Path, rows: list[list[tuple[object, ...]]]) -> float:
     t0 = now()
     for b in rows:
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO ev (external_id, customer, external_customer_id, customer_id, name, ts_us, "
-                         "ingested_us, metadata, source) VALUES (?,?,?,?,?,?,?,?,?)", b)
+        conn.executemany(
+            "INSERT INTO ev (external_id, customer, external_customer_id, customer_id, name, ts_us, "
+            "ingested_us, metadata, source) VALUES (?,?,?,?,?,?,?,?,?)",
+            b,
+        )
         conn.execute("COMMIT")
     elapsed = now() - t0
     conn.close()
@@ -92,20 +124,25 @@ def sqlite_floor(path: Path, rows: list[list[tuple[object, ...]]]) -> float:
 def pg_floor(url: str, rows: list[list[tuple[object, ...]]]) -> float:
     import psycopg
 
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
+    with psycopg.connect(plain(url), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_ev")
-        conn.execute("CREATE TABLE bench_ev (seq BIGSERIAL PRIMARY KEY, external_id TEXT UNIQUE, customer TEXT NOT "
-                     "NULL, external_customer_id TEXT, customer_id VARCHAR(36), name VARCHAR(128) NOT NULL, ts_us "
-                     "BIGINT NOT NULL, ingested_us BIGINT NOT NULL, metadata TEXT NOT NULL, source VARCHAR(16))")
+        conn.execute(
+            "CREATE TABLE bench_ev (seq BIGSERIAL PRIMARY KEY, external_id TEXT UNIQUE, customer TEXT NOT "
+            "NULL, external_customer_id TEXT, customer_id VARCHAR(36), name VARCHAR(128) NOT NULL, ts_us "
+            "BIGINT NOT NULL, ingested_us BIGINT NOT NULL, metadata TEXT NOT NULL, source VARCHAR(16))"
+        )
         conn.execute("CREATE INDEX ix_bench_ev ON bench_ev (customer, ts_us)")
         n = sum(len(b) for b in rows)
         t0 = now()
         for b in rows:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                "COPY bench_ev (external_id, customer, external_customer_id, customer_id, name, ts_us, "
-                "ingested_us, metadata, source) FROM STDIN"
-            ) as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY bench_ev (external_id, customer, external_customer_id, customer_id, name, ts_us, "
+                    "ingested_us, metadata, source) FROM STDIN"
+                ) as copy,
+            ):
                 for r in b:
                     copy.write_row(r)
         elapsed = now() - t0
@@ -114,7 +151,9 @@ def pg_floor(url: str, rows: list[list[tuple[object, ...]]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--url", default=None, help="engine URL (default: a SQLite file in a temp dir)")
@@ -124,26 +163,30 @@ def main() -> None:
     results: list[tuple[float, float]] = []
     for run in range(args.runs):
         rows = floor_rows(batches)
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.url and args.url.startswith("postgres"):
-                floor = pg_floor(args.url, rows)
-                from tests_pg_reset import reset  # type: ignore[import-not-found]  # pragma: no cover
-                reset(args.url)
-                url = args.url
-            else:
+        if args.url and args.url.startswith("postgres"):
+            # A fresh database per run on the given server: the floor and the engine write to it alike.
+            with fresh_database(args.url) as url:
+                floor = pg_floor(url, rows)
+                mine = ours(url, batches)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
                 floor = sqlite_floor(Path(tmp) / "floor.db", rows)
                 url = args.url or f"sqlite:///{Path(tmp) / f'engine{run}.db'}"
                 if args.url and os.path.exists(args.url.removeprefix("sqlite:///")):
                     os.remove(args.url.removeprefix("sqlite:///"))
-            mine = ours(url, batches)
+                mine = ours(url, batches)
         results.append((mine, floor))
-        print(f"run {run + 1}: track_usage_batch {mine:,.0f} events/s; floor {floor:,.0f} rows/s; "
-              f"ratio {mine / floor:.2f}")
+        print(
+            f"run {run + 1}: track_usage_batch {mine:,.0f} events/s; floor {floor:,.0f} rows/s; "
+            f"ratio {mine / floor:.2f}"
+        )
     best_ratio = max(m / f for m, f in results)
     kind = "COPY" if args.url and args.url.startswith("postgres") else "sqlite3.executemany"
     target = 0.3 if kind == "COPY" else 0.5
-    print(f"best ratio vs {kind}: {best_ratio:.2f} (target >= {target}) "
-          f"[{args.events} events, batches of {args.batch}]")
+    print(
+        f"best ratio vs {kind}: {best_ratio:.2f} (target >= {target}) "
+        f"[{args.events} events, batches of {args.batch}]"
+    )
 
 
 if __name__ == "__main__":

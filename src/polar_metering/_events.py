@@ -121,7 +121,7 @@ def _validate_cost(value: object, field: str) -> None:
         raise ValidationError(field, "must be an object {amount, currency}", value)
     unknown = set(value) - {"amount", "currency"}
     if unknown:
-        raise ValidationError(field, f"unknown keys {sorted(unknown)}", value)
+        raise ValidationError(field, f"unknown keys {sorted(map(repr, unknown))}", value)
     amount = value.get("amount")
     if amount is None or isinstance(amount, bool) or not isinstance(amount, int | float | str):
         raise ValidationError(f"{field}.amount", "is required: a number of cents", amount)

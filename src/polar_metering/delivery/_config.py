@@ -125,7 +125,8 @@ class DeliveryConfig:
         if self.environment is None:
             if self.rate_limit_per_minute is None:
                 raise ConfigurationError(
-                    "rate_limit_per_minute: is required when environment is None (no Polar limit to derive it from)"
+                    "rate_limit_per_minute: is required when environment is None "
+                    "(there is no Polar limit to derive it from)"
                 )
             _number("rate_limit_per_minute", self.rate_limit_per_minute, low=0.0, low_open=True)
         elif self.environment in POLAR_RATE_LIMITS:

@@ -84,7 +84,9 @@ def backoff_delay(
     return delay
 
 
-def take_token(tokens: float, stamp: float, now: float, *, rate: float, burst: int) -> tuple[float, float, float]:
+def take_token(
+    tokens: float, stamp: float, now: float, *, rate: float, burst: int
+) -> tuple[float, float, float]:
     """One step of a token bucket: refill at ``rate``/s up to ``burst`` since ``stamp``, take a token.
 
     Returns ``(tokens, stamp, wait)``: ``wait`` is 0 when a token was taken, else the seconds until
@@ -94,8 +96,8 @@ def take_token(tokens: float, stamp: float, now: float, *, rate: float, burst: i
     """
     elapsed = max(0.0, now - stamp)
     tokens = min(float(burst), tokens + elapsed * rate)
-    if tokens >= 1.0:
-        return tokens - 1.0, now, 0.0
+    if tokens >= 1.0 or (1.0 - tokens) / rate <= 1e-6:  # within a clock tick of a whole token
+        return max(0.0, tokens - 1.0), now, 0.0
     return tokens, now, (1.0 - tokens) / rate
 
 
@@ -220,11 +222,13 @@ def settle_rejection(
     culprit travels alone.
     """
     count = len(strikes)
-    per_index, stray = errors_by_index(detail, count)
+    per_index, _ = errors_by_index(detail, count)
     plan = Settlement()
     if not per_index:
         if count == 1:
-            _skew_or_dead(plan, 0, list(detail), strikes[0], max_rejections=max_rejections, delay=skew_delays[0])
+            _skew_or_dead(
+                plan, 0, list(detail), strikes[0], max_rejections=max_rejections, delay=skew_delays[0]
+            )
         else:
             plan.release = list(range(count))
             plan.split = count // 2
@@ -235,7 +239,12 @@ def settle_rejection(
             plan.release.append(position)
         else:
             _skew_or_dead(
-                plan, position, errors, strikes[position], max_rejections=max_rejections, delay=skew_delays[position]
+                plan,
+                position,
+                errors,
+                strikes[position],
+                max_rejections=max_rejections,
+                delay=skew_delays[position],
             )
     return plan
 
@@ -247,9 +256,7 @@ def settle_too_large(count: int) -> Settlement:
     return Settlement(release=list(range(count)), split=count // 2)
 
 
-def settle_refused(
-    strikes: Sequence[int], reason: str, *, max_rejections: int, delay: float
-) -> Settlement:
+def settle_refused(strikes: Sequence[int], reason: str, *, max_rejections: int, delay: float) -> Settlement:
     """Plan an error that is neither retryable nor a rejection: retry with a strike each time, and
     dead-letter with ``reason`` once ``max_rejections`` strikes are reached."""
     plan = Settlement()

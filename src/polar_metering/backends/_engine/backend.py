@@ -129,7 +129,6 @@ class LocalEngine(PolarSurface, Backend):
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
-        self._locked: set[str] = set()
         self._insert_events_sql = self._sql(
             "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, name, "
             "ts_us, ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -385,9 +384,12 @@ class LocalEngine(PolarSurface, Backend):
         the calendar month)."""
         wanted = sorted(set(customers))
         accounts: dict[str, Any] = {}
-        for i in range(0, len(wanted), _IN_CHUNK):
+        rows = self.db.accounts(conn, wanted)  # PostgreSQL: one array parameter, not a rendered IN list
+        for i in range(0, len(wanted) if rows is None else 0, _IN_CHUNK):
             for acct in conn.execute(select(t.accounts).where(t.accounts.c.customer.in_(wanted[i:i + _IN_CHUNK]))):
                 accounts[acct.customer] = acct
+        for acct in rows or ():
+            accounts[acct.customer] = acct
         return {c: self._window_of(conn, accounts.get(c), now) for c in wanted}
 
     def _add_many(self, conn: Connection, deltas: Mapping[tuple[str, str], Delta], now_us: int) -> None:
@@ -414,12 +416,16 @@ class LocalEngine(PolarSurface, Backend):
             state = merge(states[(c, m, w)], delta, new_unique.get((c, m), 0))
             updates.append({"k_c": c, "k_m": m, "k_w": w, "n": state.n, "total": state.total, "vmax": state.vmax,
                             "vmin": state.vmin, "modified_us": now_us})
-        conn.execute(_UPDATE_USAGE, updates)
+        if not self.db.update_usage(conn, updates, now_us):  # PostgreSQL: one statement, not one per row
+            conn.execute(_UPDATE_USAGE, updates)
         self._lock_meters(conn, {m for _, m in deltas})
 
     def _lock_rows(self, conn: Connection, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], RowState]:
         """Read (and on PostgreSQL lock) the rollup rows for ``keys``. The query selects by customer
         and window, which the primary key indexes; a row-value IN list would make SQLite scan."""
+        locked = self.db.lock_usage_rows(conn, keys)  # PostgreSQL: exactly these rows, in byte order
+        if locked is not None:
+            return {(r[0], r[1], r[2]): RowState(r[3], r[4], r[5], r[6]) for r in locked}
         wanted = set(keys)
         customers = sorted({k[0] for k in keys})
         window_starts = sorted({k[2] for k in keys})
@@ -460,11 +466,12 @@ class LocalEngine(PolarSurface, Backend):
 
     def _lock_meters(self, conn: Connection, meter_ids: set[str]) -> None:
         # §2.4: a meter that has aggregated an event can no longer change its filter or aggregation.
-        unlocked = [m for m in meter_ids if m in self._meters and m not in self._locked]
-        if unlocked:
-            conn.execute(update(t.meters).where(and_(t.meters.c.id.in_(unlocked), t.meters.c.locked.is_(False)))
+        # One indexed UPDATE per batch; no in-memory shortcut, which a rolled-back transaction would
+        # leave claiming a lock the database never got.
+        known = [m for m in meter_ids if m in self._meters]
+        if known:
+            conn.execute(update(t.meters).where(and_(t.meters.c.id.in_(known), t.meters.c.locked.is_(False)))
                          .values(locked=True))
-            self._locked.update(unlocked)
 
     def _add(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, delta: Delta,
              now_us: int) -> None:

@@ -22,6 +22,7 @@ from polar_metering._evaluate import json_text, lookup, unique_key
 from polar_metering._exceptions import NotFound, ValidationError
 from polar_metering._periods import add_months
 from polar_metering.backends._engine import schema as t
+from polar_metering.backends._engine.dialect import insert_ignore
 from polar_metering.backends._engine.records import (
     CustomerMeterRecord,
     CustomerRecord,
@@ -220,16 +221,16 @@ class PolarSurface:
 
     def create_customer(self: LocalEngine, *, external_id: str | None = None, email: str | None = None,
                         name: str | None = None, metadata: Mapping[str, Any] | None = None) -> CustomerRecord:
+        cid = str(uuid.uuid4())
         with self.db.write() as conn:
-            if external_id is not None and conn.execute(
-                select(t.customers.c.id).where(t.customers.c.external_id == external_id)
-            ).first():
-                raise ValidationError("external_id", "A customer with this external ID already exists.", external_id)
-            cid = str(uuid.uuid4())
-            conn.execute(insert(t.customers).values(id=cid, external_id=external_id, email=email, name=name,
-                                                    metadata=dumps(dict(metadata or {})),
-                                                    created_us=_us(self.clock.now()), modified_us=None))
-            row = conn.execute(select(t.customers).where(t.customers.c.id == cid)).one()
+            # Insert-or-ignore on the unique external_id: two concurrent creates of one customer give
+            # one row and a clear error for the other, on PostgreSQL as on SQLite.
+            conn.execute(insert_ignore(self.db.engine, t.customers).values(
+                id=cid, external_id=external_id, email=email, name=name, metadata=dumps(dict(metadata or {})),
+                created_us=_us(self.clock.now()), modified_us=None))
+            row = conn.execute(select(t.customers).where(t.customers.c.id == cid)).first()
+        if row is None:
+            raise ValidationError("external_id", "A customer with this external ID already exists.", external_id)
         return self._customer_record(row)
 
     def get_customer(self: LocalEngine, customer_id: str) -> CustomerRecord | None:

@@ -1,0 +1,1 @@
+"""One module per schema version; each moves ``pm_info.schema_version`` forward by one."""

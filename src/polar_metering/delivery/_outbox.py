@@ -1,0 +1,689 @@
+"""``Outbox``: the durable queue between ``track_*`` and Polar.
+
+Durability window (group commit, the default): ``enqueue`` encodes the events on the caller's
+thread, appends them to an in-memory buffer and returns without touching the disk. A writer thread
+commits the buffer to the SQLite file: at once after a quiet spell, otherwise at most every
+``commit_interval`` (5 ms), one INSERT per commit. An event is on disk — safe from a process kill,
+and with ``synchronous="FULL"`` from power loss — ``commit_interval`` plus one commit after
+``enqueue`` returned, *when the writer gets the GIL*: with request threads waiting on I/O that is
+the whole story (bench: p50 5.4 ms, p99 7-14 ms); while they keep the CPU busy, CPython hands the
+GIL over only once per switch interval (5 ms), a commit needs it a few times, and the window
+stretches (bench: p50 6-100 ms, p99 35-170 ms on a 2-core machine shared with other jobs).
+``metrics()`` reports the observed window (``commit_lag_*``). A crash inside the window loses those
+events; ``durable=True`` (per call or in the config) commits on the caller's thread before
+``enqueue`` returns instead (25-38 µs p50).
+
+``flush`` waits for this process's events, ``drain`` for every event in the file, and ``close``
+drains within its deadline; all three commit the buffer first. The exit hook closes every open
+outbox within ``exit_timeout``. A forked child gets fresh threads, connections and lease owner, and
+drops its copy of the parent's buffer (the parent commits those events).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from polar_metering._clock import Clock, SystemClock
+from polar_metering._events import Event
+from polar_metering._exceptions import ConfigurationError, OutboxError, ValidationError
+from polar_metering.delivery._codec import dumps as _dumps
+from polar_metering.delivery._config import DeliveryConfig
+from polar_metering.delivery._policy import ENVELOPE_BYTES
+from polar_metering.delivery._sender import Counters, DeliveryMetrics, Sender, Transport
+from polar_metering.delivery._store import Store
+
+__all__ = ["DeadLetter", "Outbox", "OutboxStatus"]
+
+log = logging.getLogger("polar_metering.delivery")
+
+_LIVE: weakref.WeakSet[Outbox] = weakref.WeakSet()
+# Connections a forked child inherited. SQLite must not use them in the child, and closing them
+# there could disturb the parent's locks, so they are kept alive and never touched.
+_INHERITED: list[object] = []
+# Store locks held across a fork. SQLite keeps per-file lock bookkeeping in process memory; a fork
+# in the middle of a transaction would leave the child believing a lock is held forever.
+_HELD_FOR_FORK: list[threading.RLock] = []
+_MAX_RANGES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    """A snapshot of an outbox file, for ``polar-metering outbox status``.
+
+    ``pending`` events wait to be sent (some may be delayed by backoff), ``leased`` are being sent
+    by some process right now, ``dead`` sit in the dead-letter table. ``buffered`` are in this
+    process's memory, not yet committed. ``bytes`` is what the file uses, against ``max_bytes``.
+    ``paused_until`` is set while every sender waits (backoff, 429, rejected token).
+    """
+
+    path: str
+    pending: int
+    leased: int
+    dead: int
+    buffered: int
+    oldest_age_s: float | None
+    bytes: int
+    max_bytes: int
+    paused_until: datetime | None
+    accepting: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event Polar would not take: ``reason`` in words, ``errors`` as Polar sent them (422 detail
+    entries for this event), ``event`` as it was to be sent."""
+
+    id: int
+    external_id: str
+    event: dict[str, Any]
+    reason: str
+    errors: list[Any]
+    attempts: int
+    enqueued_at: datetime
+    dead_at: datetime
+
+
+def _timeout(name: str, value: object) -> float:
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+        raise ValidationError(name, "must be None or a number of seconds >= 0", value)
+    return float(value)
+
+
+def _encode(index: int, event: object, max_bytes: int) -> tuple[str, bytes]:
+    body: Any
+    if isinstance(event, Event):
+        body, eid = event.to_polar(), event.external_id
+    elif isinstance(event, Mapping):
+        body, raw = event, event.get("external_id")
+        if not isinstance(raw, str) or not raw:
+            raise ValidationError(
+                f"events[{index}].external_id",
+                "must be a non-empty string fixed at track time (Polar deduplicates resends by it, §1.3)",
+                raw,
+            )
+        eid = raw
+    else:
+        raise ValidationError(f"events[{index}]", "must be an Event or a dict in Polar's event shape", event)
+    try:
+        payload = _dumps(body)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"events[{index}]", f"must be JSON-serialisable ({exc})", None) from None
+    if len(payload) + ENVELOPE_BYTES > max_bytes:
+        raise ValidationError(
+            f"events[{index}]",
+            f"encodes to {len(payload)} bytes; one event must fit batch_max_bytes ({max_bytes})",
+        )
+    return eid, payload
+
+
+class Outbox:
+    """A durable outbox file with its writer and, given a transport, its background sender.
+
+    ``Outbox(DeliveryConfig(path="var/outbox.db"), transport)``. Thread-safe. ``background=False``
+    runs no threads: ``commit()`` writes, ``sender.step()`` sends (for tests and tools). ``clock`` and
+    ``rand`` (uniform in [0, 1), for jitter) are injectable.
+    """
+
+    def __init__(
+        self,
+        config: DeliveryConfig | None = None,
+        transport: Transport | None = None,
+        *,
+        clock: Clock | None = None,
+        rand: Callable[[], float] | None = None,
+        background: bool = True,
+    ) -> None:
+        if config is None:
+            config = DeliveryConfig()
+        if not isinstance(config, DeliveryConfig):
+            raise ConfigurationError(f"config: must be a DeliveryConfig, got {type(config).__name__}")
+        if transport is not None and not callable(getattr(transport, "send", None)):
+            raise ConfigurationError("transport: must have a send(events) method (see delivery.Transport)")
+        self.config = config
+        self._transport = transport
+        self._clock: Clock = clock or SystemClock()
+        self._rand = rand or random.random
+        self._background = background
+        self._closed = False
+        self._finished = False  # close() has released everything
+        self._close_result = True
+        self._setup_process()
+        self._writer_store()
+        _LIVE.add(self)
+        if self._sender is not None and background:
+            self._sender.start()
+
+    def _setup_process(self) -> None:
+        """Everything that belongs to one process: threads, locks, connections, buffer, lease owner."""
+        self._pid = os.getpid()
+        self._owner = f"{self._pid}-{os.urandom(6).hex()}"
+        self._buffer: deque[tuple[str, bytes]] = deque()
+        self._close_lock = threading.Lock()
+        self._wlock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._progress = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._store: Store | None = None
+        # Rowid ranges this process committed and has not yet seen leave the outbox: what flush waits
+        # for. One commit is one INSERT statement, which holds the file's write lock throughout, so
+        # its rows get consecutive rowids.
+        self._ranges: deque[tuple[int, int]] = deque()
+        self._first_at = 0.0  # perf_counter when the oldest buffered event arrived
+        self._last_commit = -math.inf  # perf_counter of the last commit
+        self._measured_at = -math.inf  # perf_counter of the last exact disk-usage reading
+        self._lags: deque[float] = deque(maxlen=4096)
+        self._counters = Counters()
+        self._used = 0
+        self._warned = False
+        self._full = False
+        self._disk_error: str | None = None
+        self._refusal: str | None = "the outbox is closed" if self._closed else None
+        self._sender: Sender | None = None
+        if self._transport is not None:
+            self._sender = Sender(
+                self.config,
+                self._transport,
+                owner=self._owner,
+                clock=self._clock,
+                rand=self._rand,
+                counters=self._counters,
+                on_progress=self._on_progress,
+            )
+
+    def _after_fork(self) -> None:
+        _INHERITED.append(self._store)
+        if self._sender is not None:
+            _INHERITED.append(self._sender.abandon())
+        self._setup_process()
+
+    # -- accepting events -------------------------------------------------------------------------
+    def enqueue(self, events: Sequence[Event | Mapping[str, Any]], *, durable: bool | None = None) -> int:
+        """Queue events for delivery; returns how many. Never does network I/O.
+
+        Events are :class:`Event` objects or dicts shaped like ``Event.to_polar()`` with an
+        ``external_id``. Raises :class:`ValidationError` (naming ``events[i]``) before queueing any of
+        them when one cannot be encoded, and :class:`OutboxError` when the outbox is full, closed or
+        its file unusable. With ``durable`` (default: the config's) the events are committed before
+        this returns; otherwise within the group-commit window (module docstring).
+        """
+        if self._refusal is not None:
+            raise OutboxError(self._refusal)
+        if type(events) is not list and isinstance(events, Event | Mapping | str | bytes):
+            raise ValidationError("events", "must be a list of events, not a single event", None)
+        limit = self.config.batch_max_bytes
+        rows = [_encode(i, event, limit) for i, event in enumerate(events)]
+        if not rows:
+            return 0
+        if durable if durable is not None else self.config.durable:
+            with self._wlock:
+                self._commit_locked(rows)
+            return len(rows)
+        if len(self._buffer) + len(rows) > self.config.max_buffer_events:
+            raise OutboxError(
+                f"{len(self._buffer)} events wait for the outbox writer (max_buffer_events="
+                f"{self.config.max_buffer_events}); the outbox file is not keeping up"
+            )
+        self._buffer.extend(rows)
+        if not self._wake.is_set():
+            if self._writer is None:
+                self._start_writer()
+            self._first_at = time.perf_counter()
+            self._wake.set()
+        if self._closed:  # close() raced us: make sure these are written or reported
+            with self._wlock:
+                self._commit_locked()
+        return len(rows)
+
+    def commit(self) -> int:
+        """Write buffered events to the outbox file now; returns how many were written."""
+        with self._wlock:
+            return self._commit_locked()
+
+    def _writer_store(self) -> Store:
+        if self._store is None:
+            if self._finished:
+                raise OutboxError("the outbox is closed")
+            self._store = Store(
+                self.config.file,
+                busy_timeout=self.config.busy_timeout,
+                synchronous=self.config.synchronous,
+                checkpoints=False,
+            )
+            self._set_usage(self._store.used_bytes())
+        return self._store
+
+    def _commit_locked(self, extra: Sequence[tuple[str, bytes]] = ()) -> int:
+        """Commit the buffer (then ``extra``) in one statement. The caller holds ``_wlock``."""
+        first_at = self._first_at
+        # Clear before draining: an event appended after this sets the flag again and wakes the writer.
+        self._wake.clear()
+        buffer = self._buffer
+        items: list[tuple[str, bytes]] = []
+        try:
+            while True:
+                items.append(buffer.popleft())
+        except IndexError:
+            pass
+        if not items and not extra:
+            return 0
+        if self._refusal is not None and extra:
+            self._restore(items)
+            raise OutboxError(self._refusal)
+        rows = [*items, *extra] if extra else items
+        size = sum(len(payload) for _, payload in rows)
+        # An exact reading costs a statement; estimate between readings, except near the bound.
+        estimate = self._used + size + 64 * len(rows)
+        now = time.perf_counter()
+        measure = (
+            now - self._measured_at >= 1.0
+            or estimate >= self.config.max_outbox_bytes * self.config.warn_outbox_fraction
+        )
+        try:
+            last, used = self._writer_store().append(rows, self._clock.now().timestamp(), measure=measure)
+        except (sqlite3.Error, OutboxError) as exc:
+            self._restore(items)
+            if isinstance(exc, sqlite3.Error) and "full" in str(exc).lower():
+                self._disk_error = f"the disk holding the outbox is full: {exc}"
+                self._refresh_refusal()
+            raise OutboxError(f"could not write to the outbox file {str(self.config.file)!r}: {exc}") from exc
+        self._last_commit = now = time.perf_counter()
+        if items:
+            self._lags.append(now - first_at)
+        count = len(rows)
+        self._note_range(last - count + 1, last)
+        self._counters.committed += count
+        if self._disk_error is not None:
+            self._disk_error = None
+            self._refresh_refusal()
+        if used is None:
+            self._set_usage(estimate)
+        else:
+            self._measured_at = now
+            self._set_usage(used)
+        if self._sender is not None:
+            self._sender.notify_committed(count)
+        return count
+
+    def _restore(self, items: list[tuple[str, bytes]]) -> None:
+        """Put uncommitted events back, in order, ahead of newer ones, and make sure the writer returns."""
+        if items:
+            self._buffer.extendleft(reversed(items))
+            self._wake.set()
+
+    def _note_range(self, first: int, last: int) -> None:
+        ranges = self._ranges
+        if ranges and ranges[-1][1] + 1 == first:
+            ranges[-1] = (ranges[-1][0], last)
+        else:
+            ranges.append((first, last))
+            if len(ranges) > _MAX_RANGES:
+                # Bounded memory: merge the oldest two. Flush may then also wait for rows other
+                # processes wrote in between, which only makes it more conservative.
+                older, newer = ranges.popleft(), ranges.popleft()
+                ranges.appendleft((older[0], newer[1]))
+
+    def _start_writer(self) -> None:
+        with self._wlock:
+            if self._writer is None and self._background and not self._closed:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="polar-metering-writer", daemon=True
+                )
+                self._writer.start()
+                if self._sender is not None:
+                    self._sender.start()  # lazily, e.g. in a forked child
+
+    def _write_loop(self) -> None:
+        failures = 0
+        checkpointed = time.perf_counter()
+        while True:
+            if self._sender is None and time.perf_counter() - checkpointed >= 1.0 and self._store is not None:
+                # With a sender, its connection checkpoints as SQLite does by default (every 1000
+                # WAL pages); without one, this thread does, so that the WAL does not grow forever.
+                checkpointed = time.perf_counter()
+                try:
+                    with self._wlock:
+                        self._store.checkpoint()
+                except sqlite3.Error as exc:
+                    log.debug("outbox checkpoint skipped: %s", exc)
+            self._wake.wait(None if self._sender is not None else 1.0)
+            # Group commit: commits are at least commit_interval apart, and events arriving meanwhile
+            # share one. After a quiet spell the first event is committed at once.
+            gap = self.config.commit_interval - (time.perf_counter() - self._last_commit)
+            if gap > 0 and not self._stopping.is_set():
+                self._stopping.wait(gap)
+            try:
+                with self._wlock:
+                    self._commit_locked()
+            except Exception as exc:
+                failures += 1
+                if failures in (1, 10, 100) or failures % 1000 == 0:
+                    log.error(
+                        "outbox writer failed %d time(s) in a row, %d events wait in memory: %s",
+                        failures,
+                        len(self._buffer),
+                        exc,
+                    )
+                self._stopping.wait(min(1.0, 0.01 * 2.0 ** min(failures, 10)))
+                if self._stopping.is_set() and failures >= 3:
+                    return
+                continue
+            failures = 0
+            if self._stopping.is_set() and not self._buffer:
+                return
+
+    # -- disk bound -----------------------------------------------------------------------------------
+    def _set_usage(self, used: int) -> None:
+        self._used = used
+        limit = self.config.max_outbox_bytes
+        warn_at = limit * self.config.warn_outbox_fraction
+        if used >= warn_at and not self._warned:
+            self._warned = True
+            log.warning(
+                "outbox %s uses %d of its %d bytes (max_outbox_bytes); new events will be refused once it "
+                "is full. Is delivery to Polar stuck? See Outbox.status().",
+                self.config.file,
+                used,
+                limit,
+            )
+        elif used < warn_at * 0.9:
+            self._warned = False
+        full = used >= limit
+        if full != self._full:
+            self._full = full
+            if full:
+                log.error(
+                    "outbox %s is full (%d of %d bytes); new events are refused until delivery frees space",
+                    self.config.file,
+                    used,
+                    limit,
+                )
+            else:
+                log.warning(
+                    "outbox %s has room again (%d of %d bytes); accepting events",
+                    self.config.file,
+                    used,
+                    limit,
+                )
+            self._refresh_refusal()
+
+    def _refresh_refusal(self) -> None:
+        if self._closed:
+            self._refusal = "the outbox is closed"
+        elif self._disk_error is not None:
+            self._refusal = self._disk_error
+        elif self._full:
+            self._refusal = (
+                f"the outbox is full ({self._used} bytes used, max_outbox_bytes="
+                f"{self.config.max_outbox_bytes}): events are not being delivered fast enough"
+            )
+        else:
+            self._refusal = None
+
+    def _on_progress(self, store: Store) -> None:
+        self._set_usage(store.used_bytes())
+        with self._progress:
+            self._progress.notify_all()
+
+    # -- waiting for delivery -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Commit, then wait until every event this process queued so far has left the outbox
+        (delivered, or dead-lettered); True if so within ``timeout`` seconds (``None``: no limit).
+        Never raises because of delivery trouble."""
+        limit = _timeout("timeout", timeout)
+        self._check_process()
+        if self._closed:
+            return self._close_result
+        try:
+            self.commit()
+        except OutboxError as exc:
+            log.error("flush could not write buffered events: %s", exc)
+            return False
+        with self._wlock:
+            mine = list(self._ranges)
+        return self._wait_for(mine, time.monotonic() + limit)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Like :meth:`flush`, for every event in the outbox file, whichever process queued it."""
+        limit = _timeout("timeout", timeout)
+        self._check_process()
+        if self._closed:
+            return self._close_result
+        try:
+            self.commit()
+            last = self._writer_store().last_id()
+        except (OutboxError, sqlite3.Error) as exc:
+            log.error("drain could not read the outbox: %s", exc)
+            return False
+        return self._wait_for([(0, last)], time.monotonic() + limit)
+
+    def _wait_for(self, ranges: list[tuple[int, int]], deadline: float) -> bool:
+        """Wait until no row in ``ranges`` is left in the outbox (delivered or dead-lettered)."""
+        sender = self._sender
+        if sender is not None:
+            if self._background and not self._closed:
+                sender.start()
+            sender.request_flush()
+        pending = ranges
+        try:
+            while True:
+                try:
+                    store = self._writer_store()
+                    pending = [r for r in pending if store.any_between(*r)]
+                except (OutboxError, sqlite3.Error) as exc:
+                    if self._finished:
+                        return False
+                    log.warning("could not read the outbox while waiting for delivery: %s", exc)
+                if not pending:
+                    self._forget(ranges)
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._background:  # without threads nothing here moves: no wait
+                    return False
+                with self._progress:
+                    # Other processes' senders do not notify us: poll as well.
+                    self._progress.wait(min(left, 0.05))
+        finally:
+            if sender is not None:
+                sender.end_flush()
+
+    def _forget(self, delivered: list[tuple[int, int]]) -> None:
+        """Stop tracking own ranges now known to be out of the outbox."""
+        gone = set(delivered)
+        spans = [last for first, last in delivered if first == 0]  # drain's "everything up to last"
+        with self._wlock:
+            self._ranges = deque(
+                r for r in self._ranges if r not in gone and not any(r[1] <= last for last in spans)
+            )
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting events, commit the buffer, then, with a transport, deliver like
+        :meth:`drain` (every event in the file, including ones earlier processes left behind) for up
+        to ``timeout`` seconds (default ``exit_timeout``), and stop the threads.
+
+        True when everything was written and, with a transport, nothing was left in the file.
+        Undelivered events stay there for the next sender. Safe to call more than once: later calls
+        return the first call's answer."""
+        limit = self.config.exit_timeout if timeout is None else _timeout("timeout", timeout)
+        with self._close_lock:
+            if self._closed:
+                return self._close_result
+            self._closed = True
+            self._refresh_refusal()
+        _LIVE.discard(self)
+        deadline = time.monotonic() + limit
+        self._stopping.set()
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.join(max(0.0, deadline - time.monotonic()))
+        delivered = False
+        if self._wlock.acquire(timeout=max(0.01, deadline - time.monotonic())):
+            try:
+                self._commit_locked()
+                delivered = True
+            except OutboxError as exc:
+                log.error("close could not write %d buffered events: %s", len(self._buffer), exc)
+            finally:
+                self._wlock.release()
+        else:
+            log.error(
+                "close: the outbox writer is stuck; %d buffered events were not written", len(self._buffer)
+            )
+        if delivered and self._sender is not None:
+            # The last chance this process has to deliver: leftovers of crashed processes too, not
+            # only its own events (a short-lived job may never run long enough otherwise).
+            try:
+                last = self._writer_store().last_id()
+            except (OutboxError, sqlite3.Error) as exc:
+                log.error("close could not read the outbox: %s", exc)
+                last = 0
+            delivered = self._wait_for([(0, last)], deadline)
+        if self._sender is not None:
+            self._sender.stop(max(0.0, deadline - time.monotonic()))
+            self._sender.close_store()
+        if not delivered:
+            log.warning(
+                "outbox %s closed with events not yet delivered; the next process to open it sends them",
+                self.config.file,
+            )
+        with self._wlock:
+            self._finished = True
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+        self._close_result = delivered
+        return delivered
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:  # forked without our at-fork hook (it always runs for os.fork)
+            self._after_fork()
+
+    def _open_store(self) -> Store:
+        self._check_process()
+        if self._closed:
+            raise OutboxError("the outbox is closed")
+        return self._writer_store()
+
+    # -- operators ------------------------------------------------------------------------------------
+    @property
+    def sender(self) -> Sender | None:
+        """The sender (``None`` without a transport); ``sender.step()`` drives it by hand."""
+        return self._sender
+
+    def metrics(self) -> DeliveryMetrics:
+        """Counters for this process: committed, sent, duplicates, retries, dead-lettered, commit lag."""
+        return self._counters.snapshot(list(self._lags))
+
+    def status(self) -> OutboxStatus:
+        """Counts and sizes of the outbox file (scans it; for operators, not the request path)."""
+        store = self._open_store()
+        now = self._clock.now().timestamp()
+        pending, leased, dead, oldest, not_before = store.counts(now)
+        return OutboxStatus(
+            path=str(self.config.file),
+            pending=pending,
+            leased=leased,
+            dead=dead,
+            buffered=len(self._buffer),
+            oldest_age_s=None if oldest is None else max(0.0, now - oldest),
+            bytes=store.used_bytes(),
+            max_bytes=self.config.max_outbox_bytes,
+            paused_until=datetime.fromtimestamp(not_before, UTC) if not_before > now else None,
+            accepting=self._refusal is None,
+        )
+
+    def dead_letters(self, limit: int = 100, *, offset: int = 0) -> list[DeadLetter]:
+        """Dead-lettered events, oldest first, with Polar's reason."""
+        for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValidationError(name, f"must be an integer >= {low}", value)
+        rows = self._open_store().dead_letters(limit, offset)
+        return [
+            DeadLetter(
+                id=rid,
+                external_id=eid,
+                event=json.loads(payload),
+                reason=reason,
+                errors=json.loads(errors),
+                attempts=attempts,
+                enqueued_at=datetime.fromtimestamp(enqueued, UTC),
+                dead_at=datetime.fromtimestamp(dead_at, UTC),
+            )
+            for rid, eid, payload, reason, errors, attempts, enqueued, dead_at in rows
+        ]
+
+    def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        """Put dead letters (all, or those with these ids) back in the outbox; returns how many."""
+        if ids is not None:
+            if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+                raise ValidationError("ids", "must be None or a list of dead-letter ids", ids)
+            for i, value in enumerate(ids):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValidationError(f"ids[{i}]", "must be an integer dead-letter id", value)
+        moved = self._open_store().retry_dead(ids)
+        if moved and self._sender is not None:
+            self._sender.notify_committed(moved)
+        return moved
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Outbox({str(self.config.file)!r}, {state})"
+
+
+def _before_fork() -> None:
+    for outbox in list(_LIVE):
+        stores = [outbox._store, outbox._sender._store if outbox._sender is not None else None]
+        for store in stores:
+            if store is not None and store.lock.acquire(timeout=outbox.config.busy_timeout + 1.0):
+                _HELD_FOR_FORK.append(store.lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD_FOR_FORK:
+        _HELD_FOR_FORK.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _HELD_FOR_FORK.clear()  # they belong to the stores the child abandons
+    for outbox in list(_LIVE):
+        outbox._after_fork()
+
+
+def _close_all_at_exit() -> None:
+    """The exit hook: close every open outbox, each within its ``exit_timeout`` from now."""
+    start = time.monotonic()
+    for outbox in list(_LIVE):
+        if outbox._pid != os.getpid():
+            continue
+        try:
+            outbox.close(max(0.0, start + outbox.config.exit_timeout - time.monotonic()))
+        except Exception:  # the interpreter is ending: report, never raise
+            log.exception("closing outbox %s at exit failed", outbox.config.file)
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,381 @@
+"""The transport contract and the background sender: claim a batch, send it, settle the outcome.
+
+One ``Sender`` per :class:`Outbox` per process. ``step`` does one claim-send-settle round and says
+how long to wait; the thread around it only waits (on a ``threading.Event``, so stop and flush cut
+any backoff short). Tests drive ``step`` directly with a manual clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from polar_metering._clock import Clock
+from polar_metering._exceptions import RateLimited, RemoteValidationError, redact
+from polar_metering.delivery._codec import loads as _loads
+from polar_metering.delivery._config import DeliveryConfig
+from polar_metering.delivery._policy import (
+    Failure,
+    Settlement,
+    backoff_delay,
+    classify,
+    settle_refused,
+    settle_rejection,
+    settle_too_large,
+)
+from polar_metering.delivery._store import Row, Store
+
+__all__ = ["DeliveryMetrics", "SendResult", "Sender", "Transport"]
+
+log = logging.getLogger("polar_metering.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Polar's answer to one ingest request (§1.1): events newly stored, and events skipped because
+    their ``external_id`` was already known (§1.3) — which after a resend is success, not loss."""
+
+    inserted: int
+    duplicates: int = 0
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Sends one batch of events to Polar (or anything that speaks its ingest API).
+
+    ``events`` are ``EventCreateExternalCustomer`` dicts (``Event.to_polar()``), at most
+    ``batch_max_events`` of them and at most ``batch_max_bytes`` as compact JSON. Called from the
+    sender thread only, one call at a time. Failures are raised as the library's exceptions:
+
+    - :class:`RateLimited` for 429, with ``retry_after`` from the header (§5.1);
+    - :class:`BackendUnavailable` for 5xx, network errors and timeouts;
+    - :class:`RemoteValidationError` for 422 with ``detail`` as Polar sent it
+      (``loc == ["body", "events", i, ...]``, §1.2, §1.5);
+    - :class:`AuthenticationError` for 401/403;
+    - :class:`BackendError` with ``status_code=413`` when the body was too large (§1.1).
+
+    Anything else counts as a refusal: retried, and dead-lettered after ``max_rejections``.
+    """
+
+    def send(self, events: list[dict[str, Any]]) -> SendResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryMetrics:
+    """Counters since the outbox was opened in this process.
+
+    ``committed``: events written to the outbox file. ``sent``/``duplicates``: Polar's
+    ``inserted``/``duplicates`` totals. ``batches``: successful requests. ``retries``: failed
+    requests that will be tried again. ``rate_limited``: 429 answers. ``auth_failures``: 401/403
+    answers. ``dead_lettered``: events moved to the dead-letter table. ``commit_lag_*``: seconds from
+    ``enqueue`` returning to the group commit that made its event durable (recent commits).
+    """
+
+    committed: int
+    sent: int
+    duplicates: int
+    batches: int
+    retries: int
+    rate_limited: int
+    auth_failures: int
+    dead_lettered: int
+    last_error: str | None
+    commit_lag_p50: float | None
+    commit_lag_p99: float | None
+    commit_lag_max: float | None
+
+
+class Counters:
+    """Mutable counters; each is written by one thread only (writer or sender)."""
+
+    __slots__ = (
+        "auth_failures",
+        "batches",
+        "committed",
+        "dead_lettered",
+        "duplicates",
+        "last_error",
+        "rate_limited",
+        "retries",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self.committed = self.sent = self.duplicates = self.batches = 0
+        self.retries = self.rate_limited = self.auth_failures = self.dead_lettered = 0
+        self.last_error: str | None = None
+
+    def snapshot(self, lags: list[float]) -> DeliveryMetrics:
+        lags = sorted(lags)
+
+        def pick(q: float) -> float | None:
+            return lags[min(len(lags) - 1, math.ceil(q * len(lags)) - 1)] if lags else None
+
+        return DeliveryMetrics(
+            self.committed,
+            self.sent,
+            self.duplicates,
+            self.batches,
+            self.retries,
+            self.rate_limited,
+            self.auth_failures,
+            self.dead_lettered,
+            self.last_error,
+            pick(0.5),
+            pick(0.99),
+            pick(1.0),
+        )
+
+
+class Sender:
+    """Delivers one outbox's events through a :class:`Transport`. See the module docstring."""
+
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        transport: Transport,
+        *,
+        owner: str,
+        clock: Clock,
+        rand: Callable[[], float],
+        counters: Counters,
+        on_progress: Callable[[Store], None],
+    ) -> None:
+        self._cfg = config
+        self._transport = transport
+        self._owner = owner
+        self._clock = clock
+        self._rand = rand
+        self._counters = counters
+        self._on_progress = on_progress
+        self._store: Store | None = None
+        self._failures = 0  # consecutive failed requests: the backoff exponent
+        self._auth_reported = False
+        self._split: int | None = None  # batch size cap while isolating a 413/unattributed 422
+        self._resend_now = False  # rows were released after a rejection: send them without waiting
+        self._flushers = 0
+        self._flush_lock = threading.Lock()
+        self._idle = True
+        self._pending = 0  # events committed since the last claim, for waking on a full batch
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one round ------------------------------------------------------------------------------------
+    def step(self) -> float:
+        """Claim, send and settle one batch if one is due; return seconds until the next round."""
+        store = self._open()
+        cfg = self._cfg
+        now = self._clock.now().timestamp()
+        force = self._resend_now or self._flushers > 0
+        self._pending = 0
+        claim = store.claim(
+            self._owner,
+            now,
+            max_events=self._split or cfg.batch_max_events,
+            max_bytes=cfg.batch_max_bytes,
+            max_age=cfg.batch_max_age,
+            force=force,
+            lease_seconds=cfg.lease_seconds,
+            rate=cfg.requests_per_second,
+            burst=cfg.rate_limit_burst,
+        )
+        # Idle means nothing to send at all: then a commit is worth waking up for. Waiting out a
+        # backoff or a batch's age is not idle; commits then only wake us for a full batch.
+        self._idle = claim.empty
+        if not claim.rows:
+            return claim.wait
+        self._resend_now = False
+        self._deliver(store, claim.rows, now)
+        self._on_progress(store)
+        return 0.0
+
+    def _deliver(self, store: Store, rows: list[Row], now: float) -> None:
+        events = [_loads(row.payload) for row in rows]
+        try:
+            result = self._transport.send(events)
+        except Exception as exc:
+            self._failed(store, rows, now, exc)
+            return
+        store.settle(self._owner, now, ack=[row.id for row in rows])
+        counters = self._counters
+        counters.batches += 1
+        counters.sent += int(getattr(result, "inserted", 0))
+        counters.duplicates += int(getattr(result, "duplicates", 0))
+        if self._failures:
+            log.info("delivery to Polar recovered after %d failed request(s)", self._failures)
+        self._failures = 0
+        self._split = None
+        self._auth_reported = False
+
+    def _failed(self, store: Store, rows: list[Row], now: float, exc: Exception) -> None:
+        cfg = self._cfg
+        kind = classify(exc)
+        error = redact(f"{type(exc).__name__}: {exc}")
+        self._counters.last_error = error
+        strikes = [row.strikes for row in rows]
+        if kind is Failure.REJECTED:
+            assert isinstance(exc, RemoteValidationError)
+            delays = [
+                backoff_delay(s + 1, base=cfg.backoff_base, cap=cfg.max_backoff, rand=self._rand())
+                for s in strikes
+            ]
+            plan = settle_rejection(
+                exc.detail, strikes, max_rejections=cfg.max_rejections, skew_delays=delays
+            )
+            self._settle(store, rows, now, plan, error)
+            return
+        if kind is Failure.TOO_LARGE:
+            self._settle(store, rows, now, settle_too_large(len(rows)), error)
+            return
+        self._failures += 1
+        delay = backoff_delay(
+            self._failures,
+            base=cfg.backoff_base,
+            cap=cfg.max_backoff,
+            rand=self._rand(),
+            retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
+            max_retry_after=cfg.max_retry_after,
+        )
+        if kind is Failure.AUTH:
+            # A rejected token does not heal by itself: pause every sender for the longest backoff, keep
+            # every event, and probe again afterwards in case the token was fixed.
+            delay = cfg.max_backoff
+            self._counters.auth_failures += 1
+            if not self._auth_reported:
+                self._auth_reported = True
+                log.error(
+                    "Polar refused the access token (%s); events stay in the outbox and delivery is paused. "
+                    "Check POLAR_ACCESS_TOKEN and its events:write scope.",
+                    error,
+                )
+        elif self._failures == 1:
+            log.warning(
+                "delivery of %d events failed (%s); retrying with backoff",
+                len(rows),
+                error,
+                exc_info=kind is Failure.REFUSED and not hasattr(exc, "status_code"),
+            )
+        if kind is Failure.RATE_LIMITED:
+            self._counters.rate_limited += 1
+        if kind is Failure.REFUSED:
+            plan = settle_refused(strikes, error, max_rejections=cfg.max_rejections, delay=delay)
+        else:  # network, 5xx, 429, auth: not the events' fault, so no strike; they retry forever
+            plan = Settlement(retry=[(i, delay) for i in range(len(rows))])
+        self._settle(store, rows, now, plan, error, not_before=now + delay, strike=kind is Failure.REFUSED)
+
+    def _settle(
+        self,
+        store: Store,
+        rows: list[Row],
+        now: float,
+        plan: Settlement,
+        error: str,
+        *,
+        not_before: float | None = None,
+        strike: bool = True,
+    ) -> None:
+        store.settle(
+            self._owner,
+            now,
+            release=[rows[i].id for i in plan.release],
+            retry=[(rows[i].id, now + delay, int(strike)) for i, delay in plan.retry],
+            dead=[(rows[i].id, reason, errors) for i, reason, errors in plan.dead],
+            error=error,
+            not_before=not_before,
+        )
+        if plan.split is not None:
+            self._split = max(1, plan.split)
+        if plan.release:
+            self._resend_now = True
+        if plan.release or plan.retry:
+            self._counters.retries += 1
+        self._counters.dead_lettered += len(plan.dead)
+        for i, reason, _ in plan.dead:
+            log.warning("event %s dead-lettered: %s", rows[i].external_id, reason)
+
+    # -- the thread -----------------------------------------------------------------------------------
+    def _open(self) -> Store:
+        if self._store is None:
+            self._store = Store(
+                self._cfg.file, busy_timeout=self._cfg.busy_timeout, synchronous=self._cfg.synchronous
+            )
+        return self._store
+
+    def notify_committed(self, count: int) -> None:
+        """Called by the writer after a commit: wake the sender when a batch may now be due."""
+        self._pending += count
+        if self._idle or self._pending >= self._cfg.batch_max_events:
+            self._wake.set()
+
+    def request_flush(self) -> None:
+        """Send partial batches now (until ``end_flush``), without waiting for ``batch_max_age``."""
+        with self._flush_lock:
+            self._flushers += 1
+        self._wake.set()
+
+    def end_flush(self) -> None:
+        with self._flush_lock:
+            self._flushers -= 1
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the sender thread (a daemon) unless it runs already."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="polar-metering-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None) -> bool:
+        """Stop after the current round; True when the thread ended within ``timeout``."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def close_store(self) -> None:
+        """Close the connection (for a sender driven by ``step`` without a thread)."""
+        if self._store is not None and not self.running:
+            self._store.close()
+            self._store = None
+
+    def abandon(self) -> Store | None:
+        """Forget the thread and connection without touching them (a forked child's copy)."""
+        store, self._store, self._thread = self._store, None, None
+        return store
+
+    def _run(self) -> None:
+        errors = 0
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    delay = self.step()
+                    errors = 0
+                except Exception as exc:  # a locked or broken file: keep the thread, back off
+                    errors += 1
+                    if errors in (1, 10, 100) or errors % 1000 == 0:
+                        log.warning(
+                            "outbox sender error (%d in a row): %s",
+                            errors,
+                            redact(str(exc)),
+                            exc_info=errors == 1,
+                        )
+                    delay = min(self._cfg.max_backoff, 0.05 * 2.0 ** min(errors, 20))
+                if delay > 0:
+                    self._wake.wait(min(delay, self._cfg.poll_interval))
+        finally:
+            store, self._store = self._store, None
+            if store is not None:
+                store.close()

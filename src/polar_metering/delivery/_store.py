@@ -1,0 +1,390 @@
+"""The outbox file: one SQLite database in WAL mode, shared by every process that opens it.
+
+Tables:
+
+- ``outbox``: append-only, keyed by the integer rowid (append order, perf floors: ~200k rows/s in
+  batches). No secondary index: claims walk the rowid order from the head, and the head is where
+  the claimable rows are. A row is *leased* while ``lease_expires`` is in the future; *delayed*
+  while ``next_attempt_at`` is. ``attempts`` counts sends, ``strikes`` the refusals that lead to
+  the dead-letter table.
+- ``dead_letters``: events Polar will not take, with its reason, until someone retries them.
+- ``delivery_state``: the token bucket and the shared pause (``not_before``) every sender obeys.
+
+Appends are one autocommit ``INSERT``; claims and settlements run in ``BEGIN IMMEDIATE`` so two
+processes never interleave them. Claims look before they lock: the write lock is taken only when a
+batch is due.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from polar_metering._exceptions import OutboxError
+from polar_metering.delivery._codec import dumps
+from polar_metering.delivery._policy import body_bytes, plan_batch, take_token
+
+__all__ = ["Claim", "Row", "Store"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    external_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    nbytes INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    strikes INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    external_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    errors TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery_state (key TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
+"""
+
+# Timestamps are float seconds since 1970 (~0.2 µs apart at today's magnitude) and clocks tick in
+# microseconds: anything due within this slack counts as due, so a wait never rounds down to zero.
+_SLACK = 1e-6
+# Bounds the scan that looks for the next due row when nothing is claimable; the head of the
+# table is where delayed and leased rows sit, so a prefix answers it.
+_DUE_SCAN = 10_000
+
+
+class Row(NamedTuple):
+    """A claimed outbox row."""
+
+    id: int
+    external_id: str
+    payload: str
+    strikes: int
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Rows leased to the caller, or none and ``wait``: seconds until something may be claimable
+    (``inf`` when the outbox is empty). ``empty``: no row was claimable at all."""
+
+    rows: list[Row]
+    wait: float = 0.0
+    empty: bool = False
+
+
+# One statement for any number of rows: (external_id, payload text, bytes) triples as a JSON array.
+# json_extract returns a JSON string's text exactly as encoded, so the payload is stored verbatim.
+_INSERT = (
+    "INSERT INTO outbox (external_id, payload, nbytes, enqueued_at) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), ?1 "
+    "FROM json_each(?2) ORDER BY key"
+)
+_USED_BYTES = (
+    "((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()))"
+    " * (SELECT page_size FROM pragma_page_size())"
+)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return json.dumps(list(ids))
+
+
+class Store:
+    """One connection to the outbox file. Thread-safe: every call holds ``self.lock``."""
+
+    def __init__(
+        self, path: Path, *, busy_timeout: float, synchronous: str, checkpoints: bool = True
+    ) -> None:
+        """Open (creating if needed) the outbox at ``path``. ``checkpoints=False`` leaves WAL
+        checkpoints (an fsync of the database file) to other connections: for the ones commits on
+        callers' threads go through, so that a caller never pays for one."""
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"path: cannot open the outbox file {str(path)!r}: {exc}") from exc
+        self.lock = threading.RLock()
+        try:
+            self._setup(synchronous, busy_timeout)
+            if not checkpoints:
+                self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise OutboxError(f"path: {str(path)!r} is not a usable outbox: {exc}") from exc
+
+    def _setup(self, synchronous: str, busy_timeout: float) -> None:
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError:
+                # Switching to WAL needs a moment alone with the file; another process may be opening it.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"path: {str(self.path)!r} could not switch to WAL mode (got {mode!r})")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"path: {str(self.path)!r} was written by a newer polar-metering (schema {version})"
+                )
+            if version == 0:
+                # One statement at a time: executescript would commit our transaction first.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; roll back on any error."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # -- the hot path ---------------------------------------------------------------------------------
+    def append(
+        self, rows: Sequence[tuple[str, bytes]], now: float, *, measure: bool = True
+    ) -> tuple[int, int | None]:
+        """Append encoded events in order; returns the rowid of the last one and, when ``measure``,
+        the bytes the file uses.
+
+        The writer shares the GIL with request threads and each SQLite call releases it; while a
+        request thread computes, taking it back costs up to the switch interval (5 ms). So a commit
+        is one autocommit ``INSERT`` (atomic on its own) whatever its size, plus one ``SELECT`` when
+        the size is wanted.
+        """
+        param = dumps([(eid, payload.decode(), len(payload)) for eid, payload in rows])
+        with self.lock:
+            last = self.conn.execute(_INSERT, (now, param)).lastrowid
+            used = self.conn.execute(f"SELECT {_USED_BYTES}").fetchone()[0] if measure else None
+        assert last is not None
+        return last, None if used is None else int(used)
+
+    def claim(
+        self,
+        owner: str,
+        now: float,
+        *,
+        max_events: int,
+        max_bytes: int,
+        max_age: float,
+        force: bool,
+        lease_seconds: float,
+        rate: float,
+        burst: int,
+    ) -> Claim:
+        """Lease the next batch to ``owner``, if one is ready and the shared gate lets a request go.
+
+        A batch is ready when it is full (by count or bytes), when its oldest event has waited
+        ``max_age``, or when ``force`` (a flush) says so.
+        """
+        due_at = now + _SLACK
+        with self.lock:
+            # Look first without the write lock: most rounds find nothing due, and a sender that
+            # loses the GIL mid-transaction would hold up every writer of the file meanwhile.
+            conn = self.conn
+            state = dict(conn.execute("SELECT key, value FROM delivery_state").fetchall())
+            not_before = state.get("not_before", 0.0)
+            if due_at < not_before:
+                return Claim([], not_before - now)
+            candidates = conn.execute(
+                "SELECT id, nbytes, enqueued_at FROM outbox "
+                "WHERE lease_expires <= ? AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                (due_at, due_at, max_events),
+            ).fetchall()
+            if not candidates:
+                due = conn.execute(
+                    "SELECT min(max(next_attempt_at, lease_expires)) FROM "
+                    "(SELECT next_attempt_at, lease_expires FROM outbox ORDER BY id LIMIT ?)",
+                    (_DUE_SCAN,),
+                ).fetchone()[0]
+                return Claim([], float("inf") if due is None else max(0.0, due - now), empty=True)
+            sizes = [c[1] for c in candidates]
+            count = plan_batch(sizes, max_events=max_events, max_bytes=max_bytes)
+            full = count < len(candidates) or count == max_events or body_bytes(sizes[:count]) >= max_bytes
+            age = now - candidates[0][2]
+            if not (force or full or age + _SLACK >= max_age):
+                return Claim([], max_age - age)
+            _, _, wait = take_token(
+                state.get("tokens", float(burst)), state.get("tokens_at", now), now, rate=rate, burst=burst
+            )
+            if wait > 0:
+                return Claim([], wait)
+            with self.transaction():
+                # Under the write lock: the gate and the rows may have changed since we looked.
+                state = dict(conn.execute("SELECT key, value FROM delivery_state").fetchall())
+                if due_at < state.get("not_before", 0.0):
+                    return Claim([], state["not_before"] - now)
+                tokens, stamp, wait = take_token(
+                    state.get("tokens", float(burst)),
+                    state.get("tokens_at", now),
+                    now,
+                    rate=rate,
+                    burst=burst,
+                )
+                if wait > 0:
+                    return Claim([], wait)
+                expires = now + lease_seconds
+                # Exactly the planned rows, minus any another sender took meanwhile.
+                leased = conn.execute(
+                    "UPDATE outbox SET lease_owner = ?, lease_expires = ?, attempts = attempts + 1 "
+                    "WHERE id IN (SELECT value FROM json_each(?)) "
+                    "AND lease_expires <= ? AND next_attempt_at <= ?",
+                    (owner, expires, _ids([c[0] for c in candidates[:count]]), due_at, due_at),
+                ).rowcount
+                if not leased:
+                    return Claim([], 0.0)
+                conn.execute(
+                    "INSERT OR REPLACE INTO delivery_state (key, value) "
+                    "VALUES ('tokens', ?), ('tokens_at', ?)",
+                    (tokens, stamp),
+                )
+                rows = conn.execute(
+                    "SELECT id, external_id, payload, strikes, enqueued_at FROM outbox "
+                    "WHERE id BETWEEN ? AND ? AND lease_owner = ? AND lease_expires = ? ORDER BY id",
+                    (candidates[0][0], candidates[count - 1][0], owner, expires),
+                ).fetchall()
+        return Claim([Row(*r) for r in rows])
+
+    def settle(
+        self,
+        owner: str,
+        now: float,
+        *,
+        ack: Sequence[int] = (),
+        release: Sequence[int] = (),
+        retry: Sequence[tuple[int, float, int]] = (),
+        dead: Sequence[tuple[int, str, list[Any]]] = (),
+        error: str | None = None,
+        not_before: float | None = None,
+    ) -> None:
+        """Record a send's outcome in one transaction.
+
+        ``ack``: delivered, deleted whoever holds them now (a resend is harmless, §1.3). ``release``:
+        lease dropped, sendable at once. ``retry``: ``(id, next_attempt_at, strike)`` with the lease
+        dropped. ``dead``: ``(id, reason, errors)`` moved to the dead-letter table. Rows whose lease
+        passed to another sender are left to it. ``not_before`` pauses every sender on the file.
+        """
+        with self.transaction() as conn:
+            if ack:
+                conn.execute("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (_ids(ack),))
+            if release:
+                conn.execute(
+                    "UPDATE outbox SET lease_owner = NULL, lease_expires = 0 "
+                    "WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ?",
+                    (_ids(release), owner),
+                )
+            if retry:
+                conn.executemany(
+                    "UPDATE outbox SET lease_owner = NULL, lease_expires = 0, next_attempt_at = ?, "
+                    "strikes = strikes + ?, last_error = ? WHERE id = ? AND lease_owner = ?",
+                    [(at, strike, error, rid, owner) for rid, at, strike in retry],
+                )
+            for rid, reason, errors in dead:
+                moved = conn.execute(
+                    "INSERT INTO dead_letters "
+                    "(external_id, payload, reason, errors, attempts, enqueued_at, dead_at) "
+                    "SELECT external_id, payload, ?, ?, attempts, enqueued_at, ? FROM outbox "
+                    "WHERE id = ? AND lease_owner = ?",
+                    (reason, json.dumps(errors, default=str), now, rid, owner),
+                ).rowcount
+                if moved:
+                    conn.execute("DELETE FROM outbox WHERE id = ?", (rid,))
+            if not_before is not None:
+                conn.execute(
+                    "INSERT INTO delivery_state (key, value) VALUES ('not_before', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                    (not_before,),
+                )
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def any_between(self, first: int, last: int) -> bool:
+        """Whether any row with ``first <= id <= last`` is still in the outbox (pending or leased)."""
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE id BETWEEN ? AND ?)", (first, last)
+            ).fetchone()
+        return bool(row[0])
+
+    def last_id(self) -> int:
+        with self.lock:
+            value = self.conn.execute("SELECT max(id) FROM outbox").fetchone()[0]
+        return int(value or 0)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file, without waiting for anyone (PASSIVE)."""
+        with self.lock:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def used_bytes(self) -> int:
+        """Bytes the database uses (pages in use, not free ones): what the disk bound limits."""
+        with self.lock:
+            return int(self.conn.execute(f"SELECT {_USED_BYTES}").fetchone()[0])
+
+    def counts(self, now: float) -> tuple[int, int, int, float | None, float]:
+        """``(pending, leased, dead, oldest enqueued_at, not_before)``; scans the table, for operators."""
+        with self.lock:
+            total, leased, oldest = self.conn.execute(
+                "SELECT count(*), coalesce(sum(lease_expires > ?), 0), min(enqueued_at) FROM outbox", (now,)
+            ).fetchone()
+            dead = self.conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            row = self.conn.execute("SELECT value FROM delivery_state WHERE key = 'not_before'").fetchone()
+        return total - leased, leased, dead, oldest, (row[0] if row else 0.0)
+
+    def dead_letters(self, limit: int, offset: int) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(
+                "SELECT id, external_id, payload, reason, errors, attempts, enqueued_at, dead_at "
+                "FROM dead_letters ORDER BY id LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+
+    def retry_dead(self, ids: Sequence[int] | None) -> int:
+        """Move dead letters (all, or these ids) back to the outbox tail; returns how many moved."""
+        where, args = (
+            ("", ()) if ids is None else ("WHERE id IN (SELECT value FROM json_each(?))", (_ids(ids),))
+        )
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO outbox (external_id, payload, nbytes, enqueued_at) "
+                "SELECT external_id, payload, length(CAST(payload AS BLOB)), enqueued_at "
+                f"FROM dead_letters {where} ORDER BY id",
+                args,
+            )
+            moved: int = conn.execute(f"DELETE FROM dead_letters {where}", args).rowcount
+        return moved
