@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentile  # noqa: E402
-from _pg import fresh_database  # noqa: E402
+from _common import percentile
+from _pg import fresh_database
 
-import polar_metering as metering  # noqa: E402
-from polar_metering import Plan  # noqa: E402
+import polar_metering as metering
+from polar_metering import Plan
 
 
 def fill(client: metering.Metering, customer: str, events: int, batch: int = 5000) -> None:

@@ -104,8 +104,9 @@ def _stored_ids(base: str, token: str) -> list[str]:
             page += 1
 
 
-def run_soak(events: int, faults: float, kills: int, batch: int = 200, seed: int = 1,
-             send_batch: int = 250) -> SoakResult:
+def run_soak(
+    events: int, faults: float, kills: int, batch: int = 200, seed: int = 1, send_batch: int = 250
+) -> SoakResult:
     share = faults / 4
     plan = FaultPlan(
         rate_limited=share,
@@ -190,9 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     r = run_soak(args.events, args.faults, args.kills, args.batch, send_batch=args.send_batch)
     total = sum(r.faults.values())
+    faulted = total - r.faults["passed"]
     print(
         f"{args.events:,} events, {r.kills} SIGKILLs, {total:,} ingest requests of which "
-        f"{total - r.faults['passed']:,} faulted ({(total - r.faults['passed']) / max(1, total):.0%}): {r.faults}"
+        f"{faulted:,} faulted ({faulted / max(1, total):.0%}): {r.faults}"
     )
     print(
         f"stored {len(set(r.stored)):,} distinct; lost {len(r.lost)}; duplicated {r.duplicated}; "

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import now  # noqa: E402
-from _pg import fresh_database, plain  # noqa: E402
+from _common import now
+from _pg import fresh_database, plain
 
-import polar_metering as metering  # noqa: E402
-from polar_metering._events import new_external_id  # noqa: E402
+import polar_metering as metering
+from polar_metering._events import new_external_id
 
 CUSTOMERS = 100
 

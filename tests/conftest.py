@@ -43,14 +43,19 @@ def _start_local_cluster() -> str | None:
     """Start a throwaway cluster with .ci/postgres.sh when PostgreSQL's binaries are on this machine,
     so the README's plain ``python -m pytest`` runs the PostgreSQL tests too (stopped at exit)."""
     script = _ROOT / ".ci" / "postgres.sh"
-    probe = subprocess.run(["bash", "-c", f". {script}; pg_bindir"], capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        ["bash", "-c", f". {script}; pg_bindir"], capture_output=True, text=True, check=False
+    )
     if probe.returncode != 0:
         return None
     started = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, check=False)
     if started.returncode != 0:
         return None
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
-                   if line.startswith("export "))
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in started.stdout.splitlines()
+        if line.startswith("export ")
+    )
     _CLUSTER.update(exports)
     atexit.register(lambda: subprocess.run(["bash", str(script), "stop", _CLUSTER["PM_PG_DIR"]], check=False))
     return exports.get("METERING_TEST_POSTGRESQL_URL")
@@ -73,7 +78,9 @@ def postgresql_url() -> Iterator[str]:
     """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
     base = postgresql_base_url()
     if base is None:
-        pytest.skip("no PostgreSQL server: install PostgreSQL or set METERING_TEST_POSTGRESQL_URL (CI always has one)")
+        pytest.skip(
+            "no PostgreSQL server: install PostgreSQL or set METERING_TEST_POSTGRESQL_URL (CI always has one)"
+        )
     import uuid
 
     import psycopg

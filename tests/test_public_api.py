@@ -28,7 +28,11 @@ def test_exported_types_are_the_documented_ones() -> None:
     """The seed's types keep their fields: UsageStatus(allowed, current, limit, remaining, reason)."""
     fields = polar_metering.UsageStatus.__dataclass_fields__
     assert list(fields)[:5] == ["allowed", "current", "limit", "remaining", "reason"]
-    assert list(polar_metering.TrackingResult.__dataclass_fields__)[:3] == ["success", "inserted", "duplicates"]
+    assert list(polar_metering.TrackingResult.__dataclass_fields__)[:3] == [
+        "success",
+        "inserted",
+        "duplicates",
+    ]
 
 
 def test_core_import_stays_light() -> None:
@@ -36,8 +40,22 @@ def test_core_import_stays_light() -> None:
     import subprocess
     import sys
 
-    heavy = ["polar", "httpx", "starlette", "uvicorn", "typer", "rich", "fastapi", "django", "flask", "psycopg",
-             "alembic", "pydantic"]
-    code = "import sys, polar_metering; print(' '.join(m for m in %r if m in sys.modules))" % (heavy,)
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    heavy = [
+        "polar",
+        "httpx",
+        "starlette",
+        "uvicorn",
+        "typer",
+        "rich",
+        "fastapi",
+        "django",
+        "flask",
+        "psycopg",
+        "alembic",
+        "pydantic",
+    ]
+    code = f"import sys, polar_metering; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert loaded == []

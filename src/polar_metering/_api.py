@@ -82,7 +82,9 @@ def get_client() -> Metering:
     """The default client; ``ConfigurationError`` if ``init()`` has not been called."""
     client = _default
     if client is None:
-        raise ConfigurationError("polar_metering: call polar_metering.init() before using module-level functions")
+        raise ConfigurationError(
+            "polar_metering: call polar_metering.init() before using module-level functions"
+        )
     return client
 
 
@@ -95,27 +97,47 @@ def shutdown(timeout: float | None = None) -> None:
         client.close(timeout)
 
 
-def track_usage(customer_id: str, event_name: str, metadata: Mapping[str, MetadataValue] | None = None, *,
-                timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
-    return get_client().track_usage(customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id)
+def track_usage(
+    customer_id: str,
+    event_name: str,
+    metadata: Mapping[str, MetadataValue] | None = None,
+    *,
+    timestamp: datetime | str | None = None,
+    external_id: str | None = None,
+) -> TrackingResult:
+    return get_client().track_usage(
+        customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id
+    )
 
 
 def track_usage_batch(events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
     return get_client().track_usage_batch(events)
 
 
-def track_api_request(customer_id: str, endpoint: str, *, method: str = "GET", status_code: int | None = None,
-                      duration_ms: float | None = None) -> TrackingResult:
-    return get_client().track_api_request(customer_id, endpoint, method=method, status_code=status_code,
-                                          duration_ms=duration_ms)
+def track_api_request(
+    customer_id: str,
+    endpoint: str,
+    *,
+    method: str = "GET",
+    status_code: int | None = None,
+    duration_ms: float | None = None,
+) -> TrackingResult:
+    return get_client().track_api_request(
+        customer_id, endpoint, method=method, status_code=status_code, duration_ms=duration_ms
+    )
 
 
 def track_storage_update(customer_id: str, size_gb: float, *, operation: str | None = None) -> TrackingResult:
     return get_client().track_storage_update(customer_id, size_gb, operation=operation)
 
 
-def track_ai_tokens(customer_id: str, tokens: int, *, model: str | None = None,
-                    type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+def track_ai_tokens(
+    customer_id: str,
+    tokens: int,
+    *,
+    model: str | None = None,
+    type: Literal["input", "output", "total"] | None = None,
+) -> TrackingResult:
     return get_client().track_ai_tokens(customer_id, tokens, model=model, type=type)
 
 
@@ -123,12 +145,15 @@ def track_seat_activity(customer_id: str, user_id: str, *, action: str | None = 
     return get_client().track_seat_activity(customer_id, user_id, action=action)
 
 
-def check_limit(customer_id: str, meter: str, *, amount: float | None = None,
-                value: MetadataValue | None = None) -> UsageStatus:
+def check_limit(
+    customer_id: str, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+) -> UsageStatus:
     return get_client().check_limit(customer_id, meter, amount=amount, value=value)
 
 
-def check_current_limit(meter: str, *, amount: float | None = None, value: MetadataValue | None = None) -> UsageStatus:
+def check_current_limit(
+    meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+) -> UsageStatus:
     return get_client().check_current_limit(meter, amount=amount, value=value)
 
 
@@ -136,15 +161,30 @@ def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus]:
     return get_client().get_all_usage(customer_id)
 
 
-def with_usage_limit(meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
-                     amount: float | None = None, **kwargs: Any) -> T:
-    return get_client().with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount, **kwargs)
+def with_usage_limit(
+    meter: str,
+    action: Callable[..., T],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> T:
+    return get_client().with_usage_limit(
+        meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
+    )
 
 
-def with_usage_limit_safe(meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
-                          amount: float | None = None, **kwargs: Any) -> SafeResult[T]:
-    return get_client().with_usage_limit_safe(meter, action, *args, customer_id=customer_id, amount=amount,
-                                              **kwargs)
+def with_usage_limit_safe(
+    meter: str,
+    action: Callable[..., T],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> SafeResult[T]:
+    return get_client().with_usage_limit_safe(
+        meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
+    )
 
 
 def reserve(customer_id: str, meter: str, amount: float, *, ttl: float | None = None) -> Reservation:

@@ -36,11 +36,19 @@ def _build_app() -> Any:
     def usage_table(title: str, rows: dict[str, dict[str, UsageStatus]]) -> Table:
         table = Table(title=title)
         for column in ("customer", "meter", "current", "limit", "remaining", "allowed"):
-            table.add_column(column, justify="right" if column in ("current", "limit", "remaining") else "left")
+            table.add_column(
+                column, justify="right" if column in ("current", "limit", "remaining") else "left"
+            )
         for customer, statuses in rows.items():
             for slug, s in statuses.items():
-                table.add_row(customer, slug, fmt(s.current), fmt(s.limit), fmt(s.remaining),
-                              "[green]yes[/]" if s.allowed else "[red]no[/]")
+                table.add_row(
+                    customer,
+                    slug,
+                    fmt(s.current),
+                    fmt(s.limit),
+                    fmt(s.remaining),
+                    "[green]yes[/]" if s.allowed else "[red]no[/]",
+                )
         return table
 
     @app.command()
@@ -52,13 +60,19 @@ def _build_app() -> Any:
 
         report = run_demo(url, say=lambda line: console.print(line, markup=False, highlight=False))
         console.print(usage_table("Usage this billing period", report.usage))
-        console.print(f"{report.events} events tracked; {len(report.blocked)} actions refused at their limit.")
-        console.print(usage_table("org_globex after the month turned over", {"org_globex": report.after_reset}))
+        console.print(
+            f"{report.events} events tracked; {len(report.blocked)} actions refused at their limit."
+        )
+        console.print(
+            usage_table("org_globex after the month turned over", {"org_globex": report.after_reset})
+        )
 
     @app.command()
     def usage(
         customer: str = typer.Argument(..., help="The customer (external id) to show."),
-        url: str = typer.Option(None, envvar="METERING_URL", help="Backend URL (default sqlite:///metering.db)."),
+        url: str = typer.Option(
+            None, envvar="METERING_URL", help="Backend URL (default sqlite:///metering.db)."
+        ),
         catalog: str = typer.Option(None, help="metering.toml or module:attribute with your meters."),
     ) -> None:
         """Show a customer's usage on every meter."""
@@ -73,7 +87,9 @@ def _build_app() -> Any:
             raise typer.Exit(4) from None
         console.print(usage_table(f"Usage of {customer}", rows))
 
-    _add_optional(app, "polar_metering._cli_setup", "setup", "Create missing meters in Polar and report drift.")
+    _add_optional(
+        app, "polar_metering._cli_setup", "setup", "Create missing meters in Polar and report drift."
+    )
     _add_optional(app, "polar_metering.emulator._cli", "emulator", "Run the Polar-compatible emulator.")
     _add_optional(app, "polar_metering.delivery._cli", "outbox", "Inspect and drain the delivery outbox.")
     return app
@@ -88,12 +104,15 @@ def _add_optional(app: Any, module: str, name: str, help_text: str) -> None:
     except ImportError as e:
         missing = e.name or module
 
-        @app.command(name=name, help=help_text)
+        @app.command(name=name, help=help_text)  # type: ignore[untyped-decorator, unused-ignore]
         def _missing() -> None:
             import typer
 
-            typer.echo(f"'{name}' is unavailable: {missing} could not be imported; "
-                       "pip install 'polar-metering[all]'", err=True)
+            typer.echo(
+                f"'{name}' is unavailable: {missing} could not be imported; "
+                "pip install 'polar-metering[all]'",
+                err=True,
+            )
             raise typer.Exit(4)
 
         return

@@ -12,7 +12,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -42,8 +42,11 @@ _TOKEN_TYPES = ("input", "output", "total")
 _INTERVALS = ("hour", "day", "week", "month", "year")
 _MAX_RANGE_DAYS = {"hour": 7, "day": 366, "week": 371, "month": 1460, "year": 3650}
 # Batch items may use the seed guide's camelCase names too.
-_ALIASES = (("customer_id", "external_customer_id", "externalCustomerId"), ("event_name", "name", "eventName"),
-            ("metadata", "properties"))
+_ALIASES = (
+    ("customer_id", "external_customer_id", "externalCustomerId"),
+    ("event_name", "name", "eventName"),
+    ("metadata", "properties"),
+)
 _BATCH_KEYS = frozenset({"customer_id", "event_name", "metadata", "timestamp", "external_id"})
 _ALL_KEYS = frozenset({n for names in _ALIASES for n in names} | {"timestamp", "external_id", "externalId"})
 
@@ -76,11 +79,17 @@ class _Core:
 
     # -- events -----------------------------------------------------------------------------------
     def event(
-        self, customer_id: object, name: object, metadata: object = None, *, timestamp: object = None,
+        self,
+        customer_id: object,
+        name: object,
+        metadata: object = None,
+        *,
+        timestamp: object = None,
         external_id: object = None,
     ) -> Event:
-        return validate_event(customer_id, name, metadata, timestamp=timestamp, external_id=external_id,
-                              now=self.clock.now())
+        return validate_event(
+            customer_id, name, metadata, timestamp=timestamp, external_id=external_id, now=self.clock.now()
+        )
 
     def batch(self, items: object) -> tuple[list[Event], list[tuple[int, ValidationError]]]:
         """Validate each item on its own: valid events go ahead even when others are rejected."""
@@ -99,8 +108,14 @@ class _Core:
     def _batch_item(self, item: object, now: datetime) -> Event:
         if type(item) is not dict:
             if isinstance(item, Event):
-                return validate_event(item.customer_id, item.name, item.metadata, timestamp=item.timestamp,
-                                      external_id=item.external_id, now=now)
+                return validate_event(
+                    item.customer_id,
+                    item.name,
+                    item.metadata,
+                    timestamp=item.timestamp,
+                    external_id=item.external_id,
+                    now=now,
+                )
             if not isinstance(item, Mapping):
                 raise ValidationError("event", "must be a dict or an Event", item)
         if item.keys() <= _BATCH_KEYS:  # the documented spelling: no aliases to resolve
@@ -109,13 +124,17 @@ class _Core:
             customer, name, metadata = (self._alias(item, names) for names in _ALIASES)
             unknown = item.keys() - _ALL_KEYS
             if unknown:
-                raise ValidationError(sorted(unknown)[0], "is not an event field (customer_id, event_name, "
-                                      "metadata, timestamp, external_id)", None)
+                raise ValidationError(
+                    sorted(unknown)[0],
+                    "is not an event field (customer_id, event_name, metadata, timestamp, external_id)",
+                    None,
+                )
         external_id = item.get("external_id")
         if external_id is None:
             external_id = item.get("externalId")
-        return validate_event(customer, name, metadata, timestamp=item.get("timestamp"), external_id=external_id,
-                              now=now)
+        return validate_event(
+            customer, name, metadata, timestamp=item.get("timestamp"), external_id=external_id, now=now
+        )
 
     @staticmethod
     def _alias(item: Mapping[str, Any], names: tuple[str, ...]) -> Any:
@@ -124,13 +143,22 @@ class _Core:
             raise ValidationError(names[0], f"give only one of {present}", None)
         return item[present[0]] if present else None
 
-    def api_request(self, customer_id: object, endpoint: object, method: object, status_code: object,
-                    duration_ms: object) -> Event:
-        md: dict[str, MetadataValue] = {"endpoint": _require_str(endpoint, "endpoint"),
-                                        "method": _require_str(method, "method").upper()}
+    def api_request(
+        self, customer_id: object, endpoint: object, method: object, status_code: object, duration_ms: object
+    ) -> Event:
+        md: dict[str, MetadataValue] = {
+            "endpoint": _require_str(endpoint, "endpoint"),
+            "method": _require_str(method, "method").upper(),
+        }
         if status_code is not None:
-            if isinstance(status_code, bool) or not isinstance(status_code, int) or not 100 <= status_code <= 599:
-                raise ValidationError("status_code", "must be an HTTP status code from 100 to 599", status_code)
+            if (
+                isinstance(status_code, bool)
+                or not isinstance(status_code, int)
+                or not 100 <= status_code <= 599
+            ):
+                raise ValidationError(
+                    "status_code", "must be an HTTP status code from 100 to 599", status_code
+                )
             md["status_code"] = status_code
         if duration_ms is not None:
             md["duration_ms"] = _require_number(duration_ms, "duration_ms")
@@ -165,22 +193,29 @@ class _Core:
         logger.warning("polar_metering: event rejected: %s", error)
         return TrackingResult(False, 0, 0, str(error), ((index, str(error)),))
 
-    def tracked(self, events: list[Event], result: IngestResult,
-                rejected: list[tuple[int, ValidationError]] = ()) -> TrackingResult:  # type: ignore[assignment]
+    def tracked(
+        self, events: list[Event], result: IngestResult, rejected: Sequence[tuple[int, ValidationError]] = ()
+    ) -> TrackingResult:
         return TrackingResult(
-            success=not rejected, inserted=result.inserted, duplicates=result.duplicates,
+            success=not rejected,
+            inserted=result.inserted,
+            duplicates=result.duplicates,
             error=f"{len(rejected)} event(s) rejected: {rejected[0][1]}" if rejected else None,
-            rejected=tuple((i, str(e)) for i, e in rejected), external_ids=tuple(e.external_id for e in events),
+            rejected=tuple((i, str(e)) for i, e in rejected),
+            external_ids=tuple(e.external_id for e in events),
         )
 
     def failed(self, exc: BaseException, events: list[Event]) -> TrackingResult:
         # Never raise into the caller for backend trouble (DESIGN §3); say what happened instead.
         logger.warning("polar_metering: tracking failed: %s", exc)
-        return TrackingResult(False, 0, 0, f"{type(exc).__name__}: {exc}",
-                              external_ids=tuple(e.external_id for e in events))
+        return TrackingResult(
+            False, 0, 0, f"{type(exc).__name__}: {exc}", external_ids=tuple(e.external_id for e in events)
+        )
 
     # -- limits -----------------------------------------------------------------------------------
-    def limit_args(self, customer_id: object, meter: object, amount: object) -> tuple[str, Meter, float | None]:
+    def limit_args(
+        self, customer_id: object, meter: object, amount: object
+    ) -> tuple[str, Meter, float | None]:
         customer = _require_str(customer_id, "customer_id")
         if not isinstance(meter, str):
             raise ValidationError("meter", "must be a meter slug such as 'api_requests'", meter)
@@ -209,24 +244,46 @@ class _Core:
         first = bucket_start(first, str(interval), ZoneInfo("UTC"))
         # Polar's range limits per interval (§2.6), so a dashboard query here also works against Polar.
         if (last - first).days > _MAX_RANGE_DAYS[str(interval)]:
-            raise ValidationError("start", f"a {interval} interval covers at most {_MAX_RANGE_DAYS[str(interval)]} "
-                                  "days; use a larger interval or a shorter range", start)
+            raise ValidationError(
+                "start",
+                f"a {interval} interval covers at most {_MAX_RANGE_DAYS[str(interval)]} "
+                "days; use a larger interval or a shorter range",
+                start,
+            )
         return first, last
 
-    def status(self, meter: Meter, reading: MeterReading, amount: float | None, already_counted: bool = False,
-               stale: bool = False) -> UsageStatus:
-        return decide(meter.aggregation.func, reading, amount, already_counted=already_counted,
-                      stale=stale or reading.stale)
+    def status(
+        self,
+        meter: Meter,
+        reading: MeterReading,
+        amount: float | None,
+        already_counted: bool = False,
+        stale: bool = False,
+    ) -> UsageStatus:
+        return decide(
+            meter.aggregation.func,
+            reading,
+            amount,
+            already_counted=already_counted,
+            stale=stale or reading.stale,
+        )
 
     def unavailable(self, meter: Meter, customer: str, exc: BackendError) -> UsageStatus:
         if not self.config.fail_open:
             raise exc
         logger.warning("polar_metering: limit check for %s failed, allowing (fail-open): %s", meter.slug, exc)
-        return UsageStatus(True, 0.0, None, None, f"usage unknown: {exc}", meter=meter.slug, customer=customer,
-                           stale=True)
+        return UsageStatus(
+            True, 0.0, None, None, f"usage unknown: {exc}", meter=meter.slug, customer=customer, stale=True
+        )
 
-    def usage_events(self, hold: Hold, meter: Meter, actual: float | None, value: object,
-                     metadata: Mapping[str, Any] | None) -> list[Event]:
+    def usage_events(
+        self,
+        hold: Hold,
+        meter: Meter,
+        actual: float | None,
+        value: object,
+        metadata: Mapping[str, Any] | None,
+    ) -> list[Event]:
         """The events that record a reservation's actual usage on its meter's behalf."""
         name, fixed = meter.filter.event_template()
         if name is None:
@@ -244,7 +301,9 @@ class _Core:
         assert prop is not None
         if func == "unique":
             if value is None:
-                raise ValidationError("value", f"the distinct {prop!r} value is required for unique meters", value)
+                raise ValidationError(
+                    "value", f"the distinct {prop!r} value is required for unique meters", value
+                )
             return [self.event(hold.customer, name, {**extra, **fixed, prop: value})]
         number: MetadataValue = int(amount) if amount == int(amount) else amount
         return [self.event(hold.customer, name, {**extra, **fixed, prop: number})]
@@ -285,7 +344,9 @@ class Metering(_Base):
     Keyword options are those of :class:`MeteringConfig`; unknown ones raise ``ConfigurationError``.
     """
 
-    def __init__(self, url: str | None = None, *, config: MeteringConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self, url: str | None = None, *, config: MeteringConfig | None = None, **options: Any
+    ) -> None:
         if config is not None and (url is not None or options):
             raise ConfigurationError("Metering: give either config= or url/options, not both")
         self._core = _Core(config or build_config(url, **options))
@@ -302,18 +363,29 @@ class Metering(_Base):
         return self._aio
 
     # -- tracking ---------------------------------------------------------------------------------
-    def _ingest(self, events: list[Event], rejected: list[tuple[int, ValidationError]] = ()) -> TrackingResult:  # type: ignore[assignment]
+    def _ingest(
+        self, events: list[Event], rejected: Sequence[tuple[int, ValidationError]] = ()
+    ) -> TrackingResult:
         try:
             result = self.backend.ingest(events) if events else IngestResult(0, 0)
-        except Exception as e:  # noqa: BLE001 - tracking never raises into the caller
+        except Exception as e:
             return self._core.failed(e, events)
         return self._core.tracked(events, result, rejected)
 
-    def track_usage(self, customer_id: str, event_name: str, metadata: Mapping[str, MetadataValue] | None = None,
-                    *, timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
+    def track_usage(
+        self,
+        customer_id: str,
+        event_name: str,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        *,
+        timestamp: datetime | str | None = None,
+        external_id: str | None = None,
+    ) -> TrackingResult:
         """Record one event. Returns a :class:`TrackingResult`; never raises for backend trouble."""
         try:
-            event = self._core.event(customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id)
+            event = self._core.event(
+                customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id
+            )
         except ValidationError as e:
             return self._core.invalid(e)
         return self._ingest([event])
@@ -328,8 +400,8 @@ class Metering(_Base):
             from polar_metering._exceptions import BatchValidationError
 
             raise BatchValidationError(bad)
-        for i, e in bad:
-            logger.warning("polar_metering: event %d rejected: %s", i, e)
+        for index, error in bad:
+            logger.warning("polar_metering: event %d rejected: %s", index, error)
         return self._ingest(good, bad)
 
     def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
@@ -339,62 +411,103 @@ class Metering(_Base):
             return self._core.invalid(e)
         return self._ingest([event])
 
-    def track_api_request(self, customer_id: str, endpoint: str, *, method: str = "GET",
-                          status_code: int | None = None, duration_ms: float | None = None) -> TrackingResult:
+    def track_api_request(
+        self,
+        customer_id: str,
+        endpoint: str,
+        *,
+        method: str = "GET",
+        status_code: int | None = None,
+        duration_ms: float | None = None,
+    ) -> TrackingResult:
         """Record an ``api.request`` event (counted by the ``api_requests`` meter)."""
-        return self._track_one(lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms))
+        return self._track_one(
+            lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms)
+        )
 
-    def track_storage_update(self, customer_id: str, size_gb: float, *, operation: str | None = None) -> TrackingResult:
+    def track_storage_update(
+        self, customer_id: str, size_gb: float, *, operation: str | None = None
+    ) -> TrackingResult:
         """Record the customer's current storage in GB (``storage_gb`` bills the period's peak)."""
         return self._track_one(lambda: self._core.storage_update(customer_id, size_gb, operation))
 
-    def track_ai_tokens(self, customer_id: str, tokens: int, *, model: str | None = None,
-                        type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+    def track_ai_tokens(
+        self,
+        customer_id: str,
+        tokens: int,
+        *,
+        model: str | None = None,
+        type: Literal["input", "output", "total"] | None = None,
+    ) -> TrackingResult:
         """Record AI tokens used (``ai_tokens`` sums them)."""
         return self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
 
-    def track_seat_activity(self, customer_id: str, user_id: str, *, action: str | None = None) -> TrackingResult:
+    def track_seat_activity(
+        self, customer_id: str, user_id: str, *, action: str | None = None
+    ) -> TrackingResult:
         """Record that ``user_id`` was active (``team_seats`` counts distinct users)."""
         return self._track_one(lambda: self._core.seat_activity(customer_id, user_id, action))
 
     # -- limits -----------------------------------------------------------------------------------
-    def check_limit(self, customer_id: str, meter: str, *, amount: float | None = None,
-                    value: MetadataValue | None = None) -> UsageStatus:
+    def check_limit(
+        self, customer_id: str, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+    ) -> UsageStatus:
         """May ``customer_id`` go ahead on ``meter`` (with an action of ``amount`` units, if given)?"""
         customer, m, amt = self._core.limit_args(customer_id, meter, amount)
         try:
             reading = self.backend.reading(customer, m)
-            counted = value is not None and m.aggregation.func == "unique" and self.backend.is_counted(customer, m, value)
+            counted = (
+                value is not None
+                and m.aggregation.func == "unique"
+                and self.backend.is_counted(customer, m, value)
+            )
         except BackendError as e:
             return self._core.unavailable(m, customer, e)
         if value is not None and amt is None and m.aggregation.func == "unique":
             amt = 1.0
         return self._core.status(m, reading, amt, counted)
 
-    def check_current_limit(self, meter: str, *, amount: float | None = None,
-                            value: MetadataValue | None = None) -> UsageStatus:
+    def check_current_limit(
+        self, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+    ) -> UsageStatus:
         """``check_limit`` for the current customer (set by ``current_customer`` or an integration)."""
         return self.check_limit(require_current_customer(), meter, amount=amount, value=value)
 
     def get_all_usage(self, customer_id: str | None = None) -> dict[str, UsageStatus]:
         """A status for every meter of the catalog, keyed by slug."""
-        customer = _require_str(customer_id if customer_id is not None else require_current_customer(), "customer_id")
+        customer = _require_str(
+            customer_id if customer_id is not None else require_current_customer(), "customer_id"
+        )
         try:
             readings = self.backend.readings(customer)
         except BackendError as e:
             return {m.slug: self._core.unavailable(m, customer, e) for m in self.catalog.meters}
         return {m.slug: self._core.status(m, readings[m.slug], None) for m in self.catalog.meters}
 
-    def usage_history(self, customer_id: str, meter: str, *, start: datetime, end: datetime | None = None,
-                      interval: Literal["hour", "day", "week", "month", "year"] = "day") -> list[tuple[datetime, float]]:
+    def usage_history(
+        self,
+        customer_id: str,
+        meter: str,
+        *,
+        start: datetime,
+        end: datetime | None = None,
+        interval: Literal["hour", "day", "week", "month", "year"] = "day",
+    ) -> list[tuple[datetime, float]]:
         """Usage per time bucket (by event timestamp) from ``start`` to ``end`` (default now), for
         dashboards: ``[(bucket_start, quantity), ...]``."""
         customer, m, _ = self._core.limit_args(customer_id, meter, None)
         start, end = self._core.history_range(start, end, interval)
         return self.backend.history(customer, m, start=start, end=end, interval=interval)
 
-    def with_usage_limit(self, meter: str, action: Callable[..., T], *args: Any, customer_id: str | None = None,
-                         amount: float | None = None, **kwargs: Any) -> T:
+    def with_usage_limit(
+        self,
+        meter: str,
+        action: Callable[..., T],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run ``action(*args, **kwargs)`` if the limit allows it, else raise :class:`UsageLimitExceeded`.
 
         With ``amount``, the units are reserved while the action runs, so concurrent callers cannot both
@@ -410,19 +523,29 @@ class Metering(_Base):
         with self.reserve(customer, meter, amount):
             return action(*args, **kwargs)
 
-    def with_usage_limit_safe(self, meter: str, action: Callable[..., T], *args: Any,
-                              customer_id: str | None = None, amount: float | None = None,
-                              **kwargs: Any) -> SafeResult[T]:
+    def with_usage_limit_safe(
+        self,
+        meter: str,
+        action: Callable[..., T],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> SafeResult[T]:
         """Like ``with_usage_limit`` but returns a :class:`SafeResult` instead of raising."""
         try:
-            data = self.with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount, **kwargs)
+            data = self.with_usage_limit(
+                meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
+            )
         except UsageLimitExceeded as e:
             return SafeResult(False, None, e.status.reason, e.status)
-        except Exception as e:  # noqa: BLE001 - the safe variant reports every failure as a value
+        except Exception as e:
             return SafeResult(False, None, f"{type(e).__name__}: {e}")
         return SafeResult(True, data)
 
-    def reserve(self, customer_id: str, meter: str, amount: float, *, ttl: float | None = None) -> Reservation:
+    def reserve(
+        self, customer_id: str, meter: str, amount: float, *, ttl: float | None = None
+    ) -> Reservation:
         """Hold ``amount`` units now or raise :class:`UsageLimitExceeded`; use as a context manager."""
         customer, m, amt = self._core.limit_args(customer_id, meter, amount)
         assert amt is not None
@@ -480,8 +603,13 @@ class Reservation:
                 raise ReservationError(f"reservation {self.hold.id}: already {self._done}")
             self._done = how
 
-    def commit(self, actual: float | None = None, *, value: MetadataValue | None = None,
-               metadata: Mapping[str, MetadataValue] | None = None) -> TrackingResult:
+    def commit(
+        self,
+        actual: float | None = None,
+        *,
+        value: MetadataValue | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+    ) -> TrackingResult:
         """Record ``actual`` units (default: the amount held) and end the hold, atomically."""
         events = self._client._core.usage_events(self.hold, self.meter, actual, value, metadata)
         self._finish("committed")
@@ -496,7 +624,9 @@ class Reservation:
     def __enter__(self) -> Reservation:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._done is None:
             self.release()
 
@@ -508,7 +638,9 @@ class AsyncMetering(_Base):
     without I/O (a cached reading, an in-memory hand-off to the outbox).
     """
 
-    def __init__(self, url: str | None = None, *, config: MeteringConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self, url: str | None = None, *, config: MeteringConfig | None = None, **options: Any
+    ) -> None:
         self._sync = Metering(url, config=config, **options)
         self._core, self.backend = self._sync._core, self._sync.backend
 
@@ -526,17 +658,26 @@ class AsyncMetering(_Base):
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def track_usage(self, customer_id: str, event_name: str,
-                          metadata: Mapping[str, MetadataValue] | None = None, *,
-                          timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
+    async def track_usage(
+        self,
+        customer_id: str,
+        event_name: str,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        *,
+        timestamp: datetime | str | None = None,
+        external_id: str | None = None,
+    ) -> TrackingResult:
         try:
-            event = self._core.event(customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id)
+            event = self._core.event(
+                customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id
+            )
         except ValidationError as e:
             return self._core.invalid(e)
         return await self._ingest([event])
 
-    async def _ingest(self, events: list[Event],
-                      rejected: list[tuple[int, ValidationError]] = ()) -> TrackingResult:  # type: ignore[assignment]
+    async def _ingest(
+        self, events: list[Event], rejected: Sequence[tuple[int, ValidationError]] = ()
+    ) -> TrackingResult:
         if self.backend.nonblocking_ingest:
             return self._sync._ingest(events, rejected)
         return await self._run(self._sync._ingest, events, rejected)
@@ -544,7 +685,9 @@ class AsyncMetering(_Base):
     async def track_usage_batch(self, events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
         if self.backend.nonblocking_ingest:
             return self._sync.track_usage_batch(events)
-        return await self._run(self._sync.track_usage_batch, list(events) if not isinstance(events, list) else events)
+        return await self._run(
+            self._sync.track_usage_batch, list(events) if not isinstance(events, list) else events
+        )
 
     async def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
         try:
@@ -553,25 +696,42 @@ class AsyncMetering(_Base):
             return self._core.invalid(e)
         return await self._ingest([event])
 
-    async def track_api_request(self, customer_id: str, endpoint: str, *, method: str = "GET",
-                                status_code: int | None = None, duration_ms: float | None = None) -> TrackingResult:
+    async def track_api_request(
+        self,
+        customer_id: str,
+        endpoint: str,
+        *,
+        method: str = "GET",
+        status_code: int | None = None,
+        duration_ms: float | None = None,
+    ) -> TrackingResult:
         return await self._track_one(
-            lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms))
+            lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms)
+        )
 
-    async def track_storage_update(self, customer_id: str, size_gb: float, *,
-                                   operation: str | None = None) -> TrackingResult:
+    async def track_storage_update(
+        self, customer_id: str, size_gb: float, *, operation: str | None = None
+    ) -> TrackingResult:
         return await self._track_one(lambda: self._core.storage_update(customer_id, size_gb, operation))
 
-    async def track_ai_tokens(self, customer_id: str, tokens: int, *, model: str | None = None,
-                              type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+    async def track_ai_tokens(
+        self,
+        customer_id: str,
+        tokens: int,
+        *,
+        model: str | None = None,
+        type: Literal["input", "output", "total"] | None = None,
+    ) -> TrackingResult:
         return await self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
 
-    async def track_seat_activity(self, customer_id: str, user_id: str, *,
-                                  action: str | None = None) -> TrackingResult:
+    async def track_seat_activity(
+        self, customer_id: str, user_id: str, *, action: str | None = None
+    ) -> TrackingResult:
         return await self._track_one(lambda: self._core.seat_activity(customer_id, user_id, action))
 
-    async def check_limit(self, customer_id: str, meter: str, *, amount: float | None = None,
-                          value: MetadataValue | None = None) -> UsageStatus:
+    async def check_limit(
+        self, customer_id: str, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+    ) -> UsageStatus:
         customer, m, amt = self._core.limit_args(customer_id, meter, amount)
         if value is None:
             reading = self.backend.peek(customer, m)
@@ -579,22 +739,37 @@ class AsyncMetering(_Base):
                 return self._core.status(m, reading, amt)
         return await self._run(self._sync.check_limit, customer, meter, amount=amount, value=value)
 
-    async def check_current_limit(self, meter: str, *, amount: float | None = None,
-                                  value: MetadataValue | None = None) -> UsageStatus:
+    async def check_current_limit(
+        self, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+    ) -> UsageStatus:
         return await self.check_limit(require_current_customer(), meter, amount=amount, value=value)
 
     async def get_all_usage(self, customer_id: str | None = None) -> dict[str, UsageStatus]:
         customer = customer_id if customer_id is not None else require_current_customer()
         return await self._run(self._sync.get_all_usage, customer)
 
-    async def usage_history(self, customer_id: str, meter: str, *, start: datetime, end: datetime | None = None,
-                            interval: Literal["hour", "day", "week", "month", "year"] = "day",
-                            ) -> list[tuple[datetime, float]]:
-        return await self._run(self._sync.usage_history, customer_id, meter, start=start, end=end,
-                               interval=interval)
+    async def usage_history(
+        self,
+        customer_id: str,
+        meter: str,
+        *,
+        start: datetime,
+        end: datetime | None = None,
+        interval: Literal["hour", "day", "week", "month", "year"] = "day",
+    ) -> list[tuple[datetime, float]]:
+        return await self._run(
+            self._sync.usage_history, customer_id, meter, start=start, end=end, interval=interval
+        )
 
-    async def with_usage_limit(self, meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
-                               customer_id: str | None = None, amount: float | None = None, **kwargs: Any) -> T:
+    async def with_usage_limit(
+        self,
+        meter: str,
+        action: Callable[..., T | Awaitable[T]],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run a sync callable or coroutine function if the limit allows; raise UsageLimitExceeded if not."""
         customer = customer_id if customer_id is not None else require_current_customer()
         if amount is None:
@@ -605,25 +780,35 @@ class AsyncMetering(_Base):
         async with await self.reserve(customer, meter, amount):
             return await _call(action, *args, **kwargs)
 
-    async def with_usage_limit_safe(self, meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
-                                    customer_id: str | None = None, amount: float | None = None,
-                                    **kwargs: Any) -> SafeResult[T]:
+    async def with_usage_limit_safe(
+        self,
+        meter: str,
+        action: Callable[..., T | Awaitable[T]],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> SafeResult[T]:
         try:
-            data = await self.with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount,
-                                               **kwargs)
+            data = await self.with_usage_limit(
+                meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
+            )
         except UsageLimitExceeded as e:
             return SafeResult(False, None, e.status.reason, e.status)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return SafeResult(False, None, f"{type(e).__name__}: {e}")
         return SafeResult(True, data)
 
-    async def reserve(self, customer_id: str, meter: str, amount: float, *,
-                      ttl: float | None = None) -> AsyncReservation:
+    async def reserve(
+        self, customer_id: str, meter: str, amount: float, *, ttl: float | None = None
+    ) -> AsyncReservation:
         """``async with await client.reserve(...) as r:`` or ``r = await client.reserve(...)``."""
         sync_res = await self._run(self._sync.reserve, customer_id, meter, amount, ttl=ttl)
         return AsyncReservation(self, sync_res)
 
-    async def subscribe(self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
+    async def subscribe(
+        self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None
+    ) -> None:
         await self._run(self._sync.subscribe, customer_id, plan, started_at=started_at)
 
     async def flush(self, timeout: float | None = None) -> bool:
@@ -653,8 +838,13 @@ class AsyncReservation:
     def amount(self) -> float:
         return self._inner.amount
 
-    async def commit(self, actual: float | None = None, *, value: MetadataValue | None = None,
-                     metadata: Mapping[str, MetadataValue] | None = None) -> TrackingResult:
+    async def commit(
+        self,
+        actual: float | None = None,
+        *,
+        value: MetadataValue | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+    ) -> TrackingResult:
         return await self._client._run(self._inner.commit, actual, value=value, metadata=metadata)
 
     async def release(self) -> None:
@@ -663,8 +853,9 @@ class AsyncReservation:
     async def __aenter__(self) -> AsyncReservation:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._inner._done is None:
             await self.release()
 
@@ -672,6 +863,5 @@ class AsyncReservation:
 async def _call(action: Callable[..., T | Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     result = action(*args, **kwargs)
     if inspect.isawaitable(result):
-        return await result  # type: ignore[no-any-return]
+        return await result  # type: ignore[no-any-return, unused-ignore]
     return result
-

@@ -53,14 +53,21 @@ class MeteringConfig:
     def __post_init__(self) -> None:
         for name in ("reservation_ttl", "cache_ttl", "stale_after"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ConfigurationError(f"{name}: must be a finite number of seconds >= 0, got {value!r}")
         if self.reservation_ttl <= 0:
             raise ConfigurationError("reservation_ttl: must be > 0 seconds")
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 1:
             raise ConfigurationError(f"cache_size: must be an integer >= 1, got {self.cache_size!r}")
         if self.environment not in ("sandbox", "production"):
-            raise ConfigurationError(f"environment: must be 'sandbox' or 'production', got {self.environment!r}")
+            raise ConfigurationError(
+                f"environment: must be 'sandbox' or 'production', got {self.environment!r}"
+            )
         if not isinstance(self.clock, Clock):
             raise ConfigurationError("clock: must have now() and monotonic() methods")
 
@@ -82,10 +89,18 @@ def build_config(
     allowed = set(MeteringConfig.__dataclass_fields__) - {"url", "catalog"}
     unknown = set(options) - allowed
     if unknown:
-        raise ConfigurationError(f"init: unknown options {sorted(unknown)}; known options are {sorted(allowed)}")
+        raise ConfigurationError(
+            f"init: unknown options {sorted(unknown)}; known options are {sorted(allowed)}"
+        )
     if catalog is not None and meters is not None:
         raise ConfigurationError("init: give either catalog= or meters=, not both")
-    cat = load_catalog(catalog) if catalog is not None else Catalog(tuple(meters)) if meters is not None else Catalog()
+    cat = (
+        load_catalog(catalog)
+        if catalog is not None
+        else Catalog(tuple(meters))
+        if meters is not None
+        else Catalog()
+    )
     if plans is not None:
         cat = Catalog(cat.meters, tuple(cat.plans) + tuple(plans))
     url = url or env.get("METERING_URL") or DEFAULT_URL

@@ -57,10 +57,16 @@ def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None
         # A day of traffic: API calls in batches, as a busy app would send them.
         for customer, calls in (("org_acme", 1_500), ("org_globex", 60), ("user_alice", 40)):
             batch = [
-                {"customer_id": customer, "event_name": "api.request",
-                 "metadata": {"endpoint": rng.choice(["/api/generate", "/api/search", "/api/files"]),
-                              "method": rng.choice(["GET", "POST"]), "status_code": 200,
-                              "duration_ms": rng.randint(5, 400)}}
+                {
+                    "customer_id": customer,
+                    "event_name": "api.request",
+                    "metadata": {
+                        "endpoint": rng.choice(["/api/generate", "/api/search", "/api/files"]),
+                        "method": rng.choice(["GET", "POST"]),
+                        "status_code": 200,
+                        "duration_ms": rng.randint(5, 400),
+                    },
+                }
                 for _ in range(calls)
             ]
             events += client.track_usage_batch(batch).inserted
@@ -69,10 +75,15 @@ def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None
         for customer, seats in (("org_acme", 12), ("org_globex", 2), ("user_alice", 1)):
             for i in range(seats):
                 for _ in range(2):  # logging in twice takes one seat
-                    events += client.track_seat_activity(customer, f"{customer}_member_{i}", action="login").inserted
+                    events += client.track_seat_activity(
+                        customer, f"{customer}_member_{i}", action="login"
+                    ).inserted
 
-        for customer, sizes in (("org_acme", [12.0, 18.5, 15.0]), ("org_globex", [0.4, 0.7]),
-                                ("user_alice", [0.2])):
+        for customer, sizes in (
+            ("org_acme", [12.0, 18.5, 15.0]),
+            ("org_globex", [0.4, 0.7]),
+            ("user_alice", [0.2]),
+        ):
             for size in sizes:
                 events += client.track_storage_update(customer, size, operation="upload").inserted
 
@@ -88,8 +99,9 @@ def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None
                 for n in range(8):
                     prompt = "summarise " * (n + 3)
                     try:
-                        client.with_usage_limit("ai_tokens", generate, customer, prompt,
-                                                amount=800 + len(prompt) * 20)
+                        client.with_usage_limit(
+                            "ai_tokens", generate, customer, prompt, amount=800 + len(prompt) * 20
+                        )
                         events += 1
                     except UsageLimitExceeded as exc:
                         blocked.append(f"{customer}: AI generation refused ({exc.status.reason})")
@@ -110,7 +122,9 @@ def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None
             if not status.allowed:
                 blocked.append(f"org_globex: API request refused with 429 ({status.reason})")
                 break
-            events += client.track_api_request("org_globex", "/api/generate", method="POST", status_code=200).inserted
+            events += client.track_api_request(
+                "org_globex", "/api/generate", method="POST", status_code=200
+            ).inserted
 
         usage = {customer: client.get_all_usage(customer) for customer in CUSTOMERS}
         for line in blocked:

@@ -194,10 +194,7 @@ def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, An
                 if -_INT_LIMIT < value < _INT_LIMIT:
                     out[key] = value
                     continue
-            elif cls is bool:
-                out[key] = value
-                continue
-            elif cls is float and math.isfinite(value):
+            elif cls is bool or (cls is float and math.isfinite(value)):
                 out[key] = value
                 continue
         if not isinstance(key, str):

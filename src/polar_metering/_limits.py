@@ -46,7 +46,6 @@ by what the other processes used within the last ~15-20 s (Polar's debounce plus
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import logging
 import math
@@ -909,8 +908,10 @@ class Limits:
     def readings(self, customer: str, meters: Sequence[Meter], fetch: Fetch) -> dict[str, MeterReading]:
         """Effective readings for ``meters``, asking Polar once for all that are not fresh."""
         entries = self._entries(customer, meters, fetch)
-        return {m.slug: _marked(self._compose(entries[m.slug][0].reading, m.aggregation.func), entries[m.slug][1])
-                for m in meters}
+        return {
+            m.slug: _marked(self._compose(entries[m.slug][0].reading, m.aggregation.func), entries[m.slug][1])
+            for m in meters
+        }
 
     def peek(self, customer: str, meter: Meter) -> MeterReading | None:
         """The effective reading if Polar's part is fresh in the cache, else ``None`` (no I/O)."""

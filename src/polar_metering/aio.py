@@ -37,28 +37,49 @@ def _client() -> AsyncMetering:
     return get_client().aio
 
 
-async def track_usage(customer_id: str, event_name: str, metadata: Mapping[str, MetadataValue] | None = None, *,
-                      timestamp: datetime | str | None = None, external_id: str | None = None) -> TrackingResult:
-    return await _client().track_usage(customer_id, event_name, metadata, timestamp=timestamp,
-                                       external_id=external_id)
+async def track_usage(
+    customer_id: str,
+    event_name: str,
+    metadata: Mapping[str, MetadataValue] | None = None,
+    *,
+    timestamp: datetime | str | None = None,
+    external_id: str | None = None,
+) -> TrackingResult:
+    return await _client().track_usage(
+        customer_id, event_name, metadata, timestamp=timestamp, external_id=external_id
+    )
 
 
 async def track_usage_batch(events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
     return await _client().track_usage_batch(events)
 
 
-async def track_api_request(customer_id: str, endpoint: str, *, method: str = "GET", status_code: int | None = None,
-                            duration_ms: float | None = None) -> TrackingResult:
-    return await _client().track_api_request(customer_id, endpoint, method=method, status_code=status_code,
-                                             duration_ms=duration_ms)
+async def track_api_request(
+    customer_id: str,
+    endpoint: str,
+    *,
+    method: str = "GET",
+    status_code: int | None = None,
+    duration_ms: float | None = None,
+) -> TrackingResult:
+    return await _client().track_api_request(
+        customer_id, endpoint, method=method, status_code=status_code, duration_ms=duration_ms
+    )
 
 
-async def track_storage_update(customer_id: str, size_gb: float, *, operation: str | None = None) -> TrackingResult:
+async def track_storage_update(
+    customer_id: str, size_gb: float, *, operation: str | None = None
+) -> TrackingResult:
     return await _client().track_storage_update(customer_id, size_gb, operation=operation)
 
 
-async def track_ai_tokens(customer_id: str, tokens: int, *, model: str | None = None,
-                          type: Literal["input", "output", "total"] | None = None) -> TrackingResult:
+async def track_ai_tokens(
+    customer_id: str,
+    tokens: int,
+    *,
+    model: str | None = None,
+    type: Literal["input", "output", "total"] | None = None,
+) -> TrackingResult:
     return await _client().track_ai_tokens(customer_id, tokens, model=model, type=type)
 
 
@@ -66,13 +87,15 @@ async def track_seat_activity(customer_id: str, user_id: str, *, action: str | N
     return await _client().track_seat_activity(customer_id, user_id, action=action)
 
 
-async def check_limit(customer_id: str, meter: str, *, amount: float | None = None,
-                      value: MetadataValue | None = None) -> UsageStatus:
+async def check_limit(
+    customer_id: str, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+) -> UsageStatus:
     return await _client().check_limit(customer_id, meter, amount=amount, value=value)
 
 
-async def check_current_limit(meter: str, *, amount: float | None = None,
-                              value: MetadataValue | None = None) -> UsageStatus:
+async def check_current_limit(
+    meter: str, *, amount: float | None = None, value: MetadataValue | None = None
+) -> UsageStatus:
     return await _client().check_current_limit(meter, amount=amount, value=value)
 
 
@@ -80,19 +103,35 @@ async def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus
     return await _client().get_all_usage(customer_id)
 
 
-async def with_usage_limit(meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
-                           customer_id: str | None = None, amount: float | None = None, **kwargs: Any) -> T:
-    return await _client().with_usage_limit(meter, action, *args, customer_id=customer_id, amount=amount, **kwargs)
+async def with_usage_limit(
+    meter: str,
+    action: Callable[..., T | Awaitable[T]],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> T:
+    return await _client().with_usage_limit(
+        meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
+    )
 
 
-async def with_usage_limit_safe(meter: str, action: Callable[..., T | Awaitable[T]], *args: Any,
-                                customer_id: str | None = None, amount: float | None = None,
-                                **kwargs: Any) -> SafeResult[T]:
-    return await _client().with_usage_limit_safe(meter, action, *args, customer_id=customer_id, amount=amount,
-                                                 **kwargs)
+async def with_usage_limit_safe(
+    meter: str,
+    action: Callable[..., T | Awaitable[T]],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> SafeResult[T]:
+    return await _client().with_usage_limit_safe(
+        meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
+    )
 
 
-async def reserve(customer_id: str, meter: str, amount: float, *, ttl: float | None = None) -> AsyncReservation:
+async def reserve(
+    customer_id: str, meter: str, amount: float, *, ttl: float | None = None
+) -> AsyncReservation:
     return await _client().reserve(customer_id, meter, amount, ttl=ttl)
 
 

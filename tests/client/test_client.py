@@ -37,7 +37,9 @@ def test_module_api_end_to_end(sqlite_url: str) -> None:
     metering.init(sqlite_url, plans=PLANS)
     metering.subscribe("user_1", "free")
     for _ in range(3):
-        assert metering.track_api_request("user_1", "/api/x", method="post", status_code=201, duration_ms=12.5).success
+        assert metering.track_api_request(
+            "user_1", "/api/x", method="post", status_code=201, duration_ms=12.5
+        ).success
     with metering.current_customer("user_1"):
         status = metering.check_current_limit("api_requests")
         usage = metering.get_all_usage()
@@ -163,7 +165,9 @@ def test_async_twins(sqlite_url: str) -> None:
         client = AsyncMetering(sqlite_url, plans=PLANS)
         await client.subscribe("a", "free")
         assert (await client.track_api_request("a", "/x")).success
-        assert (await client.track_usage_batch([{"customer_id": "a", "event_name": "api.request"}])).inserted == 1
+        assert (
+            await client.track_usage_batch([{"customer_id": "a", "event_name": "api.request"}])
+        ).inserted == 1
         assert (await client.track_ai_tokens("a", 30, model="m", type="input")).success
         assert (await client.track_storage_update("a", 1.5)).success
         assert (await client.track_seat_activity("a", "u1")).success
@@ -183,7 +187,12 @@ def test_async_twins(sqlite_url: str) -> None:
         await client.track_api_request("a", "/x")
         with metering.current_customer("a"):
             assert not (await client.check_current_limit("api_requests")).allowed
-            assert set(await client.get_all_usage()) == {"api_requests", "storage_gb", "ai_tokens", "team_seats"}
+            assert set(await client.get_all_usage()) == {
+                "api_requests",
+                "storage_gb",
+                "ai_tokens",
+                "team_seats",
+            }
         assert await client.flush(5)
         await client.close()
 
@@ -205,34 +214,77 @@ def test_current_customer_is_per_task() -> None:
     assert metering.get_current_customer() is None
 
 
-junk = st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=3), st.binary(max_size=3),
-                 st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=3),
+    st.binary(max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(["track_usage", "track_api_request", "track_storage_update", "track_ai_tokens",
-                        "track_seat_activity"]), junk, junk, junk)
-def test_trackers_never_raise_and_name_the_field(fuzz_client: Metering, method: str, a: Any, b: Any, c: Any) -> None:
+@given(
+    st.sampled_from(
+        ["track_usage", "track_api_request", "track_storage_update", "track_ai_tokens", "track_seat_activity"]
+    ),
+    junk,
+    junk,
+    junk,
+)
+def test_trackers_never_raise_and_name_the_field(
+    fuzz_client: Metering, method: str, a: Any, b: Any, c: Any
+) -> None:
     """Any input to any tracker gives a TrackingResult; a rejection names a field and a rule."""
     fn = getattr(fuzz_client, method)
-    third = {"track_usage": "metadata", "track_api_request": "method", "track_storage_update": "operation",
-             "track_ai_tokens": "model", "track_seat_activity": "action"}[method]
+    third = {
+        "track_usage": "metadata",
+        "track_api_request": "method",
+        "track_storage_update": "operation",
+        "track_ai_tokens": "model",
+        "track_seat_activity": "action",
+    }[method]
     result = fn(a, b, **{third: c}) if method != "track_usage" else fn(a, b, c)
     assert isinstance(result, metering.TrackingResult)
     if not result.success:
         assert result.rejected and ": " in result.rejected[0][1]
         field = result.rejected[0][1].split(":")[0]
-        assert field.split(".")[0] in {"customer_id", "name", "metadata", "endpoint", "method", "size_gb",
-                                       "operation", "tokens", "model", "type", "user_id", "action",
-                                       "status_code", "duration_ms"}
+        assert field.split(".")[0] in {
+            "customer_id",
+            "name",
+            "metadata",
+            "endpoint",
+            "method",
+            "size_gb",
+            "operation",
+            "tokens",
+            "model",
+            "type",
+            "user_id",
+            "action",
+            "status_code",
+            "duration_ms",
+        }
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(junk, st.fixed_dictionaries({"customer_id": st.sampled_from(["c", ""]),
-                                                         "event_name": st.sampled_from(["ai.tokens", ""]),
-                                                         "metadata": st.dictionaries(st.sampled_from(["tokens"]),
-                                                                                     junk)})),
-                max_size=8))
+@given(
+    st.lists(
+        st.one_of(
+            junk,
+            st.fixed_dictionaries(
+                {
+                    "customer_id": st.sampled_from(["c", ""]),
+                    "event_name": st.sampled_from(["ai.tokens", ""]),
+                    "metadata": st.dictionaries(st.sampled_from(["tokens"]), junk),
+                }
+            ),
+        ),
+        max_size=8,
+    )
+)
 def test_batch_keeps_every_valid_event(fuzz_client: Metering, items: list[Any]) -> None:
     """Whatever a batch holds, each valid event is stored and each invalid one is reported by index."""
     result = fuzz_client.track_usage_batch(items)

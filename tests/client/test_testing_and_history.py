@@ -35,7 +35,9 @@ def test_usage_history_buckets_by_event_time() -> None:
         for _ in range(day + 1):
             client.track_api_request("u", "/x")
         clock.advance(days=1)
-    client.track_usage("u", "api.request", {"endpoint": "/late"}, timestamp=clock.now() - timedelta(days=3, hours=1))
+    client.track_usage(
+        "u", "api.request", {"endpoint": "/late"}, timestamp=clock.now() - timedelta(days=3, hours=1)
+    )
     history = client.usage_history("u", "api_requests", start=datetime(2026, 3, 9, 20, tzinfo=UTC))
     assert history == [
         (datetime(2026, 3, 9, tzinfo=UTC), 0.0),
@@ -44,7 +46,9 @@ def test_usage_history_buckets_by_event_time() -> None:
         (datetime(2026, 3, 12, tzinfo=UTC), 3.0),
         (datetime(2026, 3, 13, tzinfo=UTC), 0.0),
     ]
-    hourly = client.usage_history("u", "api_requests", start=clock.now() - timedelta(hours=2), interval="hour")
+    hourly = client.usage_history(
+        "u", "api_requests", start=clock.now() - timedelta(hours=2), interval="hour"
+    )
     assert len(hourly) == 3
     with pytest.raises(ValidationError, match="interval"):
         client.usage_history("u", "api_requests", start=clock.now(), interval="minute")  # type: ignore[arg-type]

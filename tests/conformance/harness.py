@@ -52,8 +52,12 @@ HarnessFactory = Callable[[tuple[Meter, ...]], Any]
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]] = {}
 
 
-def register(name: str) -> Callable[[Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]],
-                                    Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]]:
+def register(
+    name: str,
+) -> Callable[
+    [Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]],
+    Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any],
+]:
     """Add a backend to the conformance matrix."""
 
     def deco(fn: Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]) -> Any:
@@ -85,8 +89,9 @@ def factories() -> dict[str, Callable[[pytest.FixtureRequest, tuple[Meter, ...]]
 
 
 @contextmanager
-def open_harness(request: pytest.FixtureRequest, name: str,
-                 meters: tuple[Meter, ...] = DEFAULT_METERS) -> Iterator[Any]:
+def open_harness(
+    request: pytest.FixtureRequest, name: str, meters: tuple[Meter, ...] = DEFAULT_METERS
+) -> Iterator[Any]:
     harness = _FACTORIES[name](request, meters)
     try:
         yield harness

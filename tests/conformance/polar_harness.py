@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from polar.v2026_10 import Polar
+from tests.conformance.harness import register
 
 from polar_metering import Catalog, Metering
 from polar_metering._catalog import Meter
 from polar_metering._setup import run_setup
 from polar_metering.emulator import AdminClient, running_emulator
-from tests.conformance.harness import register
 
 
 class PolarHarness:
@@ -35,8 +35,14 @@ class PolarHarness:
         self.sdk = self._stack.enter_context(Polar(token, base_url=base))
         self.meter_ids = {m.name: m.id for m in self.sdk.meters.list(limit=100).items}
         self.slug_to_name = {m.slug: m.name for m in meters}
-        self.client = Metering(f"polar://?base_url={base}", catalog=Catalog(meters), access_token=token,
-                               outbox_path=str(tmp / "outbox.db"), cache_ttl=0, fail_open=False)
+        self.client = Metering(
+            f"polar://?base_url={base}",
+            catalog=Catalog(meters),
+            access_token=token,
+            outbox_path=str(tmp / "outbox.db"),
+            cache_ttl=0,
+            fail_open=False,
+        )
         self._known: set[str] = set()
 
     def _ensure_customer(self, customer: str) -> None:

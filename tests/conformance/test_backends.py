@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conformance.harness import factories, open_harness
 
 from polar_metering import Aggregation, Filter, Meter, UsageLimitExceeded
 from polar_metering._catalog import DEFAULT_METERS
-from tests.conformance.harness import factories, open_harness
 
 # The Polar harness lives beside this file when the Polar backend is available.
 _polar = Path(__file__).with_name("polar_harness.py")
@@ -57,12 +57,14 @@ def test_duplicate_external_id_counts_once(h: Any) -> None:
 
 def test_batch_keeps_valid_events_and_names_bad_ones(h: Any) -> None:
     """Invalid events are rejected by index and field while the valid ones in the batch are stored."""
-    result = h.client.track_usage_batch([
-        {"customer_id": "cust_c", "event_name": "ai.tokens", "metadata": {"tokens": 10}},
-        {"customer_id": "cust_c", "event_name": "x" * 129, "metadata": {}},
-        {"customer_id": "cust_c", "event_name": "ai.tokens", "metadata": {"tokens": [1, 2]}},
-        {"externalCustomerId": "cust_c", "eventName": "ai.tokens", "properties": {"tokens": 5}},
-    ])
+    result = h.client.track_usage_batch(
+        [
+            {"customer_id": "cust_c", "event_name": "ai.tokens", "metadata": {"tokens": 10}},
+            {"customer_id": "cust_c", "event_name": "x" * 129, "metadata": {}},
+            {"customer_id": "cust_c", "event_name": "ai.tokens", "metadata": {"tokens": [1, 2]}},
+            {"externalCustomerId": "cust_c", "eventName": "ai.tokens", "properties": {"tokens": 5}},
+        ]
+    )
     assert not result.success
     assert result.inserted == 2
     assert [i for i, _ in result.rejected] == [1, 2]

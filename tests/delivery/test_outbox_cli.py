@@ -15,8 +15,14 @@ from polar_metering.emulator import running_emulator
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "polar_metering._cli", "outbox", *args], capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "polar_metering._cli", "outbox", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        check=False,
+    )
 
 
 def test_status_then_drain_delivers_what_was_left(tmp_path: Path) -> None:
@@ -48,9 +54,14 @@ def test_missing_file_and_missing_token_fail_clearly(tmp_path: Path) -> None:
     assert missing.returncode == 4 and "no outbox file" in missing.stdout
     (tmp_path / "o.db").write_bytes(b"")
     env = {k: v for k, v in os.environ.items() if k != "POLAR_ACCESS_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "polar_metering._cli", "outbox", "drain", "--path",
-                             str(tmp_path / "o.db")], capture_output=True, text=True, env=env, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "polar_metering._cli", "outbox", "drain", "--path", str(tmp_path / "o.db")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 4 and "POLAR_ACCESS_TOKEN" in result.stdout
 
 
@@ -58,13 +69,16 @@ def test_dead_letters_listed_and_retried(tmp_path: Path) -> None:
     """An event Polar refused (422) is listed with its reason, and ``retry`` queues it again."""
     import json
 
-    from polar_metering import RemoteValidationError
-    from polar_metering.delivery import Outbox
     from tests.delivery.delivery_helpers import ScriptedTransport, fast_config, make_events
 
+    from polar_metering import RemoteValidationError
+    from polar_metering.delivery import Outbox
+
     path = tmp_path / "polar-metering-outbox-production.db"
-    refusal = RemoteValidationError("refused", detail=[{"loc": ["body", "events", 0, "name"],
-                                                        "msg": "meter not found for this event", "type": "x"}])
+    refusal = RemoteValidationError(
+        "refused",
+        detail=[{"loc": ["body", "events", 0, "name"], "msg": "meter not found for this event", "type": "x"}],
+    )
     outbox = Outbox(fast_config(path), ScriptedTransport([refusal]))
     outbox.enqueue(make_events(1, prefix="bad"))
     assert outbox.flush(10)

@@ -158,10 +158,22 @@ def test_dedup_survives_restart(sqlite_url: str, clock: ManualClock) -> None:
     second = Metering(sqlite_url, clock=clock)
     result = second.track_usage("c11", "ai.tokens", {"tokens": 5}, external_id="once")
     assert (result.inserted, result.duplicates) == (0, 1)
-    batch = second.track_usage_batch([
-        {"customer_id": "c11", "event_name": "ai.tokens", "metadata": {"tokens": 1}, "external_id": "twice"},
-        {"customer_id": "c11", "event_name": "ai.tokens", "metadata": {"tokens": 1}, "external_id": "twice"},
-    ])
+    batch = second.track_usage_batch(
+        [
+            {
+                "customer_id": "c11",
+                "event_name": "ai.tokens",
+                "metadata": {"tokens": 1},
+                "external_id": "twice",
+            },
+            {
+                "customer_id": "c11",
+                "event_name": "ai.tokens",
+                "metadata": {"tokens": 1},
+                "external_id": "twice",
+            },
+        ]
+    )
     assert (batch.inserted, batch.duplicates) == (1, 1)  # in-batch duplicates count too
     assert second.check_limit("c11", "ai_tokens").current == 6
     second.close()
@@ -173,26 +185,39 @@ def test_changing_a_meter_in_code_recomputes_its_rollups(sqlite_url: str, clock:
     for tokens in (10, 30):
         first.track_ai_tokens("c12", tokens)
     first.close()
-    as_max = tuple(Meter("ai_tokens", "AI Tokens", Filter.event("ai.tokens"), Aggregation.max("tokens"))
-                   if m.slug == "ai_tokens" else m for m in DEFAULT_METERS)
+    as_max = tuple(
+        Meter("ai_tokens", "AI Tokens", Filter.event("ai.tokens"), Aggregation.max("tokens"))
+        if m.slug == "ai_tokens"
+        else m
+        for m in DEFAULT_METERS
+    )
     second = Metering(sqlite_url, clock=clock, catalog=Catalog(as_max))
     assert second.check_limit("c12", "ai_tokens").current == 30
     second.close()
 
 
 # -- rollups equal a fresh aggregation of the raw events ------------------------------------------
-values = st.one_of(st.integers(-50, 50), st.floats(-50, 50, allow_nan=False), st.sampled_from(["1", "a", "5"]),
-                   st.booleans())
+values = st.one_of(
+    st.integers(-50, 50), st.floats(-50, 50, allow_nan=False), st.sampled_from(["1", "a", "5"]), st.booleans()
+)
 events = st.lists(
-    st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["m.x", "m.y"]),
-              st.dictionaries(st.sampled_from(["v", "k"]), values, max_size=2)),
-    min_size=1, max_size=40,
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["m.x", "m.y"]),
+        st.dictionaries(st.sampled_from(["v", "k"]), values, max_size=2),
+    ),
+    min_size=1,
+    max_size=40,
 )
 FUZZ_METERS = tuple(
     Meter(f"{func}_{i}", f"{func} meter {i}", flt, Aggregation(func, None if func == "count" else "v"))
-    for i, flt in enumerate([Filter.event("m.x"), Filter("or", (Filter.event("m.y"),
-                                                                   Filter("and", ()))),
-                             Filter.event("m.x", k="1")])
+    for i, flt in enumerate(
+        [
+            Filter.event("m.x"),
+            Filter("or", (Filter.event("m.y"), Filter("and", ()))),
+            Filter.event("m.x", k="1"),
+        ]
+    )
     for func in ("count", "sum", "max", "min", "avg", "unique")
 )
 
@@ -207,7 +232,7 @@ def test_rollups_match_raw_aggregation(tmp_path: Path, batch: list[Any], split: 
     client = Metering(url, catalog=Catalog(FUZZ_METERS), clock=clock)
     items = [{"customer_id": c, "event_name": n, "metadata": md} for c, n, md in batch]
     for i in range(0, len(items), split):
-        assert client.track_usage_batch(items[i:i + split]).inserted == len(items[i:i + split])
+        assert client.track_usage_batch(items[i : i + split]).inserted == len(items[i : i + split])
     ts = int(clock.now().timestamp())
     for meter in FUZZ_METERS:
         match = compile_filter(meter.filter)
@@ -221,7 +246,6 @@ def test_rollups_match_raw_aggregation(tmp_path: Path, batch: list[Any], split: 
             elif func == "count":
                 expected = float(len(hits))
             else:
-                expected = aggregate_values(func, [read(n, "user", ts, md) for md in hits
-                                                   for n in ["x"]])
+                expected = aggregate_values(func, [read(n, "user", ts, md) for md in hits for n in ["x"]])
             assert got == pytest.approx(expected), (meter.slug, customer, json.dumps(batch))
     client.close()

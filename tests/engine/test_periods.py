@@ -26,7 +26,9 @@ def test_period_boundaries_are_half_open() -> None:
     anchor = datetime(2026, 1, 15, tzinfo=UTC)
     start, end = period_containing(anchor, "month", datetime(2026, 2, 15, tzinfo=UTC))
     assert (start, end) == (datetime(2026, 2, 15, tzinfo=UTC), datetime(2026, 3, 15, tzinfo=UTC))
-    start, _ = period_containing(anchor, "month", datetime(2026, 2, 15, tzinfo=UTC) - timedelta(microseconds=1))
+    start, _ = period_containing(
+        anchor, "month", datetime(2026, 2, 15, tzinfo=UTC) - timedelta(microseconds=1)
+    )
     assert start == anchor
 
 
@@ -34,7 +36,9 @@ def test_yearly_periods() -> None:
     """Yearly plans step twelve months from the anchor."""
     anchor = datetime(2024, 2, 29, tzinfo=UTC)
     assert period_containing(anchor, "year", datetime(2025, 6, 1, tzinfo=UTC)) == (
-        datetime(2025, 2, 28, tzinfo=UTC), datetime(2026, 2, 28, tzinfo=UTC))
+        datetime(2025, 2, 28, tzinfo=UTC),
+        datetime(2026, 2, 28, tzinfo=UTC),
+    )
 
 
 def test_calendar_month_is_utc() -> None:

@@ -42,7 +42,7 @@ def _worker(url: str, seed: int, rounds: int) -> tuple[float, int]:
     return committed, refused
 
 
-def _process_main(url: str, seed: int, rounds: int, out: "multiprocessing.Queue[tuple[float, int]]") -> None:
+def _process_main(url: str, seed: int, rounds: int, out: multiprocessing.Queue[tuple[float, int]]) -> None:
     out.put(_worker(url, seed, rounds))
 
 

@@ -7,7 +7,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("fault_soak", Path(__file__).parents[2] / "bench" / "fault_soak.py")
+_spec = importlib.util.spec_from_file_location(
+    "fault_soak", Path(__file__).parents[2] / "bench" / "fault_soak.py"
+)
 assert _spec is not None and _spec.loader is not None
 fault_soak = importlib.util.module_from_spec(_spec)
 sys.modules["fault_soak"] = fault_soak  # dataclasses look their module up there

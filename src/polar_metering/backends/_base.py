@@ -187,20 +187,23 @@ class Backend(ABC):
         """For ``unique`` meters: whether ``value`` is already counted this period."""
         return False
 
-    def history(self, customer: str, meter: Meter, *, start: datetime, end: datetime,
-                interval: str) -> list[tuple[datetime, float]]:
+    def history(
+        self, customer: str, meter: Meter, *, start: datetime, end: datetime, interval: str
+    ) -> list[tuple[datetime, float]]:
         """Usage per hour/day/week/month bucket by event time (Polar's meter quantities, §2.6)."""
         raise ConfigurationError(f"usage_history: the {self.url.scheme}:// backend has no usage history")
 
     # -- plans (local engine) -------------------------------------------------------------------
-    def subscribe(self, customer: str, plan: Plan, started_at: datetime | None = None) -> None:
+    def subscribe(self, customer: str, plan: Plan | str, started_at: datetime | None = None) -> None:
         raise ConfigurationError(
             f"subscribe: the {self.url.scheme}:// backend has no local plans; in Polar, customers get "
             "credits through subscriptions and meter-credit benefits"
         )
 
     # -- reservations -----------------------------------------------------------------------------
-    def hold(self, customer: str, meter: Meter, amount: float, *, ttl: float) -> tuple[Hold | None, MeterReading]:
+    def hold(
+        self, customer: str, meter: Meter, amount: float, *, ttl: float
+    ) -> tuple[Hold | None, MeterReading]:
         """Atomically hold ``amount`` units if the reading plus active holds leaves room for them.
 
         Returns the hold (``None`` when refused) and the reading the decision was made on.
@@ -220,7 +223,7 @@ class Backend(ABC):
         """Wait until everything ingested so far is stored or delivered; False if ``timeout`` ran out."""
         return True
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> None:  # noqa: B027 - a no-op default, as flush
         """Flush (within ``timeout``) and release resources. Safe to call twice."""
 
     def __repr__(self) -> str:

@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from polar_metering._exceptions import MeteringError
-from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._outbox import Outbox
 
 if TYPE_CHECKING:
@@ -27,12 +26,26 @@ __all__ = ["app"]
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 _console = Console()
 
-PathOption = Annotated[str | None, typer.Option("--path", help="Outbox file (default: METERING_OUTBOX or the "
-                                                "destination's default file in the working directory).")]
-EnvOption = Annotated[str | None, typer.Option("--environment", envvar="POLAR_ENVIRONMENT",
-                                               help="sandbox or production (picks the default file).")]
-BaseUrlOption = Annotated[str | None, typer.Option("--base-url", envvar="POLAR_BASE_URL",
-                                                   help="Another Polar-compatible server (the emulator).")]
+PathOption = Annotated[
+    str | None,
+    typer.Option(
+        "--path",
+        help="Outbox file (default: METERING_OUTBOX or the "
+        "destination's default file in the working directory).",
+    ),
+]
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--environment", envvar="POLAR_ENVIRONMENT", help="sandbox or production (picks the default file)."
+    ),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url", envvar="POLAR_BASE_URL", help="Another Polar-compatible server (the emulator)."
+    ),
+]
 
 
 def _settings(environment: str | None, base_url: str | None, *, need_token: bool) -> PolarSettings:
@@ -40,8 +53,9 @@ def _settings(environment: str | None, base_url: str | None, *, need_token: bool
 
     token = os.environ.get("POLAR_ACCESS_TOKEN")
     # Reading a file needs no token; a placeholder only picks the default path and never leaves here.
-    return resolve_settings(access_token=token if need_token else (token or "unused"), environment=environment,
-                            base_url=base_url)
+    return resolve_settings(
+        access_token=token if need_token else (token or "unused"), environment=environment, base_url=base_url
+    )
 
 
 def _open(path: str | None, environment: str | None, base_url: str | None, *, send: bool) -> Outbox:
@@ -72,18 +86,26 @@ def status(path: PathOption = None, environment: EnvOption = None, base_url: Bas
         outbox.close(timeout=0)
     table = Table(title=f"Outbox {s.path}", show_header=False)
     age = "-" if s.oldest_age_s is None else f"{s.oldest_age_s:.1f} s"
-    for label, value in (("pending", s.pending), ("being sent", s.leased), ("dead letters", s.dead),
-                         ("oldest pending", age), ("disk", f"{s.bytes:,} of {s.max_bytes:,} bytes"),
-                         ("paused until", s.paused_until.isoformat() if s.paused_until else "-")):
+    for label, value in (
+        ("pending", s.pending),
+        ("being sent", s.leased),
+        ("dead letters", s.dead),
+        ("oldest pending", age),
+        ("disk", f"{s.bytes:,} of {s.max_bytes:,} bytes"),
+        ("paused until", s.paused_until.isoformat() if s.paused_until else "-"),
+    ):
         table.add_row(label, str(value))
     _console.print(table)
 
 
 @app.command("dead-letters")
-def dead_letters(path: PathOption = None, environment: EnvOption = None, base_url: BaseUrlOption = None,
-                 limit: Annotated[int, typer.Option(min=1, help="How many to show.")] = 50,
-                 as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-                 ) -> None:
+def dead_letters(
+    path: PathOption = None,
+    environment: EnvOption = None,
+    base_url: BaseUrlOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
     """Events Polar refused (422), with Polar's reason."""
     outbox = _open(path, environment, base_url, send=False)
     try:
@@ -92,8 +114,18 @@ def dead_letters(path: PathOption = None, environment: EnvOption = None, base_ur
         outbox.close(timeout=0)
     if as_json:
         for d in letters:
-            typer.echo(json.dumps({"id": d.id, "external_id": d.external_id, "reason": d.reason,
-                                   "errors": d.errors, "event": d.event, "dead_at": d.dead_at.isoformat()}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": d.id,
+                        "external_id": d.external_id,
+                        "reason": d.reason,
+                        "errors": d.errors,
+                        "event": d.event,
+                        "dead_at": d.dead_at.isoformat(),
+                    }
+                )
+            )
         return
     table = Table(title=f"{len(letters)} dead letters")
     for column in ("id", "external_id", "event", "reason"):
@@ -104,8 +136,12 @@ def dead_letters(path: PathOption = None, environment: EnvOption = None, base_ur
 
 
 @app.command()
-def retry(path: PathOption = None, environment: EnvOption = None, base_url: BaseUrlOption = None,
-          ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids (default: all).")] = None) -> None:
+def retry(
+    path: PathOption = None,
+    environment: EnvOption = None,
+    base_url: BaseUrlOption = None,
+    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids (default: all).")] = None,
+) -> None:
     """Put dead letters back in the queue (after fixing what Polar refused, e.g. a missing meter)."""
     outbox = _open(path, environment, base_url, send=False)
     try:
@@ -116,8 +152,12 @@ def retry(path: PathOption = None, environment: EnvOption = None, base_url: Base
 
 
 @app.command()
-def drain(path: PathOption = None, environment: EnvOption = None, base_url: BaseUrlOption = None,
-          timeout: Annotated[float, typer.Option(min=0, help="Seconds to keep sending.")] = 60.0) -> None:
+def drain(
+    path: PathOption = None,
+    environment: EnvOption = None,
+    base_url: BaseUrlOption = None,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to keep sending.")] = 60.0,
+) -> None:
     """Send everything in the outbox now; exit 1 if something is still there when time runs out."""
     outbox = _open(path, environment, base_url, send=True)
     try:
@@ -126,7 +166,9 @@ def drain(path: PathOption = None, environment: EnvOption = None, base_url: Base
     finally:
         outbox.close(timeout=0)
     if delivered:
-        _console.print(f"outbox drained: everything was delivered or dead-lettered ({left.dead} dead letters)")
+        _console.print(
+            f"outbox drained: everything was delivered or dead-lettered ({left.dead} dead letters)"
+        )
         return
     _console.print(f"[yellow]not drained:[/] {left.pending + left.leased} event(s) still pending")
     raise typer.Exit(1)

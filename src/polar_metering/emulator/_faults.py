@@ -76,8 +76,12 @@ class FaultProxy:
         with self._lock:
             r = self._rng.random()
         p = self.plan
-        for kind, share in (("rate_limited", p.rate_limited), ("server_error", p.server_error), ("slow", p.slow),
-                            ("dropped_after_forward", p.dropped_after_forward)):
+        for kind, share in (
+            ("rate_limited", p.rate_limited),
+            ("server_error", p.server_error),
+            ("slow", p.slow),
+            ("dropped_after_forward", p.dropped_after_forward),
+        ):
             if r < share:
                 return kind
             r -= share
@@ -146,14 +150,18 @@ class FaultProxy:
                 else:
                     self._count("passed")
                 if kind == "rate_limited":
-                    writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nContent-Length: 0\r\n\r\n"
-                                 % self.plan.retry_after)
+                    writer.write(
+                        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nContent-Length: 0\r\n\r\n"
+                        % self.plan.retry_after
+                    )
                     await writer.drain()
                     continue
                 if kind == "server_error":
                     msg = b'{"error":"InternalServerError","detail":"injected"}'
-                    writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(msg), msg))
+                    writer.write(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(msg), msg)
+                    )
                     await writer.drain()
                     continue
                 if kind == "slow":
@@ -198,6 +206,7 @@ def running_fault_proxy(upstream: str, plan: FaultPlan, *, host: str = "127.0.0.
     try:
         yield proxy
     finally:
+
         async def stop() -> None:
             server = state["server"]
             assert isinstance(server, asyncio.base_events.Server)

@@ -1,6 +1,6 @@
 """The local engine: events, meters, billing windows, credits and reservations in SQLite or PostgreSQL.
 
-Semantics follow Polar's customer meters (``reference/polar-api.md`` §3.2, §4.2–4.3):
+Semantics follow Polar's customer meters (``reference/polar-api.md`` §3.2, §4.2-4.3):
 
 - A customer's usage on a meter is aggregated over a *window* that starts at the latest reset.
   Windows follow the subscription's billing periods (anchored at ``started_at``), a calendar month
@@ -55,10 +55,20 @@ __all__ = ["LocalEngine", "Window", "to_us", "from_us"]
 _IN_CHUNK = 500  # bound on IN (...) lists; SQLite's default variable limit is far above this
 _UPDATE_USAGE = (
     update(t.usage)
-    .where(and_(t.usage.c.customer == bindparam("k_c"), t.usage.c.meter_id == bindparam("k_m"),
-                t.usage.c.window_us == bindparam("k_w")))
-    .values(n=bindparam("n"), total=bindparam("total"), vmax=bindparam("vmax"), vmin=bindparam("vmin"),
-            modified_us=bindparam("modified_us"))
+    .where(
+        and_(
+            t.usage.c.customer == bindparam("k_c"),
+            t.usage.c.meter_id == bindparam("k_m"),
+            t.usage.c.window_us == bindparam("k_w"),
+        )
+    )
+    .values(
+        n=bindparam("n"),
+        total=bindparam("total"),
+        vmax=bindparam("vmax"),
+        vmin=bindparam("vmin"),
+        modified_us=bindparam("modified_us"),
+    )
 )
 
 
@@ -124,17 +134,21 @@ class LocalEngine(PolarSurface, Backend):
         if unknown:
             raise ConfigurationError(f"options: unknown options for the local engine: {sorted(unknown)}")
         super().__init__(url, catalog=catalog, clock=clock)
-        self.db = Database(url.raw, busy_timeout_ms=options.get("busy_timeout_ms", 10_000),
-                           echo=options.get("echo", False))
+        self.db = Database(
+            url.raw, busy_timeout_ms=options.get("busy_timeout_ms", 10_000), echo=options.get("echo", False)
+        )
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
         self._insert_events_sql = self._sql(
-            "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, name, "
+            "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, "
+            "name, "
             "ts_us, ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         held = "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? AND h.expires_us > ?"
-        self._sql_account = self._sql("SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?")
+        self._sql_account = self._sql(
+            "SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?"
+        )
         self._sql_reading = self._sql(
             f"SELECT u.n, u.total, u.vmax, u.vmin, u.credited, (SELECT COALESCE(SUM(h.amount), 0.0) {held}), "
             f"(SELECT COALESCE(MAX(h.amount), 0.0) {held}), u.window_us "
@@ -151,11 +165,17 @@ class LocalEngine(PolarSurface, Backend):
 
     @classmethod
     def open(
-        cls, url: str = "sqlite:///metering.db", *, catalog: Catalog | None = None, clock: Clock | None = None,
+        cls,
+        url: str = "sqlite:///metering.db",
+        *,
+        catalog: Catalog | None = None,
+        clock: Clock | None = None,
         **options: Any,
     ) -> LocalEngine:
         """Open (creating if needed) the engine at ``url``."""
-        return cls(parse_backend_url(url), catalog=catalog or Catalog(), clock=clock or SystemClock(), **options)
+        return cls(
+            parse_backend_url(url), catalog=catalog or Catalog(), clock=clock or SystemClock(), **options
+        )
 
     # -- schema and catalog ---------------------------------------------------------------------
     def _create_schema(self) -> None:
@@ -175,14 +195,39 @@ class LocalEngine(PolarSurface, Backend):
                 flt, agg = dumps(meter.filter.to_polar()), dumps(meter.aggregation.to_polar())
                 row = existing.get(meter.slug)
                 if row is None:
-                    conn.execute(insert(t.meters).values(
-                        id=str(uuid.uuid4()), slug=meter.slug, name=meter.name, filter=flt, aggregation=agg,
-                        unit=meter.unit, metadata="{}", created_us=now, modified_us=None, locked=False))
+                    conn.execute(
+                        insert(t.meters).values(
+                            id=str(uuid.uuid4()),
+                            slug=meter.slug,
+                            name=meter.name,
+                            filter=flt,
+                            aggregation=agg,
+                            unit=meter.unit,
+                            metadata="{}",
+                            created_us=now,
+                            modified_us=None,
+                            locked=False,
+                        )
+                    )
                 elif (row.filter, row.aggregation, row.name, row.unit, row.archived_us) != (
-                    flt, agg, meter.name, meter.unit, None):
-                    conn.execute(update(t.meters).where(t.meters.c.id == row.id).values(
-                        name=meter.name, filter=flt, aggregation=agg, unit=meter.unit, modified_us=now,
-                        archived_us=None))
+                    flt,
+                    agg,
+                    meter.name,
+                    meter.unit,
+                    None,
+                ):
+                    conn.execute(
+                        update(t.meters)
+                        .where(t.meters.c.id == row.id)
+                        .values(
+                            name=meter.name,
+                            filter=flt,
+                            aggregation=agg,
+                            unit=meter.unit,
+                            modified_us=now,
+                            archived_us=None,
+                        )
+                    )
                     if (row.filter, row.aggregation) != (flt, agg):
                         changed.append(row.id)
             for plan in self.catalog.plans:
@@ -204,8 +249,13 @@ class LocalEngine(PolarSurface, Backend):
         meters: dict[str, CompiledMeter] = {}
         for r in rows:
             meters[r.id] = CompiledMeter.build(
-                r.id, r.slug, r.name, Filter.from_polar(json.loads(r.filter)),
-                Aggregation.from_polar(json.loads(r.aggregation)), archived=r.archived_us is not None)
+                r.id,
+                r.slug,
+                r.name,
+                Filter.from_polar(json.loads(r.filter)),
+                Aggregation.from_polar(json.loads(r.aggregation)),
+                archived=r.archived_us is not None,
+            )
         self._meters = meters
         self._index = MeterIndex(meters.values())
         self._slugs = {m.slug: m.id for m in meters.values() if m.slug}
@@ -227,7 +277,9 @@ class LocalEngine(PolarSurface, Backend):
             row = conn.execute(select(t.plans).where(t.plans.c.name == name)).first()
             if row is None:
                 return None
-            plan = Plan(row.name, credits=json.loads(row.credits), interval=row.interval, rollover=row.rollover)
+            plan = Plan(
+                row.name, credits=json.loads(row.credits), interval=row.interval, rollover=row.rollover
+            )
             self._plans[name] = plan
         return plan
 
@@ -250,7 +302,9 @@ class LocalEngine(PolarSurface, Backend):
     def _window_at(self, conn: Connection, customer: str, at_us: int) -> Window:
         return self._window(conn, customer, from_us(at_us))
 
-    def _initial_credit(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window) -> float | None:
+    def _initial_credit(
+        self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
+    ) -> float | None:
         """Credit at the start of a window: the plan's units plus rollover from earlier windows (§4.2)."""
         plan = window.plan
         if plan is None or meter.slug is None or meter.slug not in plan.credits:
@@ -259,9 +313,16 @@ class LocalEngine(PolarSurface, Backend):
         if not plan.rollover:
             return base
         prev = conn.execute(
-            select(t.usage).where(and_(t.usage.c.customer == customer, t.usage.c.meter_id == meter.id,
-                                       t.usage.c.window_us < window.start_us))
-            .order_by(t.usage.c.window_us.desc()).limit(1)
+            select(t.usage)
+            .where(
+                and_(
+                    t.usage.c.customer == customer,
+                    t.usage.c.meter_id == meter.id,
+                    t.usage.c.window_us < window.start_us,
+                )
+            )
+            .order_by(t.usage.c.window_us.desc())
+            .limit(1)
         ).first()
         if prev is None or prev.credited is None:
             return base
@@ -281,11 +342,15 @@ class LocalEngine(PolarSurface, Backend):
                 return base + rollover
             end_us = nxt.end_us
 
-    def _usage_row(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window,
-                   *, lock: bool) -> Any:
+    def _usage_row(
+        self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, *, lock: bool
+    ) -> Any:
         """The rollup row for (customer, meter, window), created with its initial credit if missing."""
-        where = and_(t.usage.c.customer == customer, t.usage.c.meter_id == meter.id,
-                     t.usage.c.window_us == window.start_us)
+        where = and_(
+            t.usage.c.customer == customer,
+            t.usage.c.meter_id == meter.id,
+            t.usage.c.window_us == window.start_us,
+        )
         query = select(t.usage).where(where)
         if lock:
             query = query.with_for_update()
@@ -293,10 +358,21 @@ class LocalEngine(PolarSurface, Backend):
         if row is not None:
             return row
         now = to_us(self.clock.now())
-        conn.execute(insert_ignore(self.db.engine, t.usage).values(
-            customer=customer, meter_id=meter.id, window_us=window.start_us, window_end_us=window.end_us,
-            n=0, total=0.0, vmax=None, vmin=None, credited=self._initial_credit(conn, customer, meter, window),
-            created_us=now, modified_us=None))
+        conn.execute(
+            insert_ignore(self.db.engine, t.usage).values(
+                customer=customer,
+                meter_id=meter.id,
+                window_us=window.start_us,
+                window_end_us=window.end_us,
+                n=0,
+                total=0.0,
+                vmax=None,
+                vmin=None,
+                credited=self._initial_credit(conn, customer, meter, window),
+                created_us=now,
+                modified_us=None,
+            )
+        )
         return conn.execute(query).first()
 
     # -- ingest ---------------------------------------------------------------------------------------
@@ -326,8 +402,18 @@ class LocalEngine(PolarSurface, Backend):
                 key = keys[e.customer_id]
             else:
                 key = e.external_customer_id or ""
-            rows.append((e.external_id, key, e.external_customer_id, e.customer_id, e.name,
-                         to_us(e.timestamp), e.metadata, e.source))
+            rows.append(
+                (
+                    e.external_id,
+                    key,
+                    e.external_customer_id,
+                    e.customer_id,
+                    e.name,
+                    to_us(e.timestamp),
+                    e.metadata,
+                    e.source,
+                )
+            )
         return self._ingest_rows(conn, rows)
 
     def _ingest_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
@@ -344,8 +430,9 @@ class LocalEngine(PolarSurface, Backend):
             fresh.append(row)
         if self.db.is_postgresql and fresh:
             # §1.3 under concurrency: ON CONFLICT skips ids stored, or being stored, by other processes.
-            inserted = self.db.insert_events(conn, [
-                (r[0], r[1], r[2], r[3], r[4], r[5], dumps(r[6]), r[7]) for r in fresh], now_us)
+            inserted = self.db.insert_events(
+                conn, [(r[0], r[1], r[2], r[3], r[4], r[5], dumps(r[6]), r[7]) for r in fresh], now_us
+            )
             assert inserted is not None
             fresh = [r for r in fresh if r[0] is None or r[0] in inserted]
             if fresh:
@@ -359,13 +446,16 @@ class LocalEngine(PolarSurface, Backend):
         # executemany. The driver's executemany is used directly: SQLAlchemy's per-row parameter
         # processing would cost more than SQLite's own work here.
         before = conn.exec_driver_sql("SELECT COALESCE(MAX(seq), 0) FROM pm_events").scalar_one()
-        result = conn.exec_driver_sql(self._insert_events_sql, [
-            (r[0], r[1], r[2], r[3], r[4], r[5], now_us, dumps(r[6]), r[7]) for r in fresh
-        ])
+        result = conn.exec_driver_sql(
+            self._insert_events_sql,
+            [(r[0], r[1], r[2], r[3], r[4], r[5], now_us, dumps(r[6]), r[7]) for r in fresh],
+        )
         if result.rowcount != len(fresh):
-            stored = set(conn.exec_driver_sql(
-                "SELECT external_id FROM pm_events WHERE seq > ? AND external_id IS NOT NULL", (before,)
-            ).scalars())
+            stored = set(
+                conn.exec_driver_sql(
+                    "SELECT external_id FROM pm_events WHERE seq > ? AND external_id IS NOT NULL", (before,)
+                ).scalars()
+            )
             fresh = [r for r in fresh if r[0] is None or r[0] in stored]
         if fresh:
             self._apply(conn, fresh, now_us)
@@ -386,7 +476,9 @@ class LocalEngine(PolarSurface, Backend):
         accounts: dict[str, Any] = {}
         rows = self.db.accounts(conn, wanted)  # PostgreSQL: one array parameter, not a rendered IN list
         for i in range(0, len(wanted) if rows is None else 0, _IN_CHUNK):
-            for acct in conn.execute(select(t.accounts).where(t.accounts.c.customer.in_(wanted[i:i + _IN_CHUNK]))):
+            for acct in conn.execute(
+                select(t.accounts).where(t.accounts.c.customer.in_(wanted[i : i + _IN_CHUNK]))
+            ):
                 accounts[acct.customer] = acct
         for acct in rows or ():
             accounts[acct.customer] = acct
@@ -401,26 +493,50 @@ class LocalEngine(PolarSurface, Backend):
         states = self._lock_rows(conn, keys)
         missing = [k for k in keys if k not in states]
         if missing:
-            conn.execute(insert_ignore(self.db.engine, t.usage), [
-                {"customer": c, "meter_id": m, "window_us": w, "window_end_us": windows[c].end_us, "n": 0,
-                 "total": 0.0, "vmax": None, "vmin": None,
-                 "credited": self._initial_credit(conn, c, self._meters[m], windows[c]),
-                 "created_us": now_us, "modified_us": None}
-                for c, m, w in missing
-            ])
+            conn.execute(
+                insert_ignore(self.db.engine, t.usage),
+                [
+                    {
+                        "customer": c,
+                        "meter_id": m,
+                        "window_us": w,
+                        "window_end_us": windows[c].end_us,
+                        "n": 0,
+                        "total": 0.0,
+                        "vmax": None,
+                        "vmin": None,
+                        "credited": self._initial_credit(conn, c, self._meters[m], windows[c]),
+                        "created_us": now_us,
+                        "modified_us": None,
+                    }
+                    for c, m, w in missing
+                ],
+            )
             states.update(self._lock_rows(conn, missing))
         new_unique = self._insert_unique_values(conn, deltas, windows)
         updates = []
         for c, m, w in keys:
             delta = deltas[(c, m)]
             state = merge(states[(c, m, w)], delta, new_unique.get((c, m), 0))
-            updates.append({"k_c": c, "k_m": m, "k_w": w, "n": state.n, "total": state.total, "vmax": state.vmax,
-                            "vmin": state.vmin, "modified_us": now_us})
+            updates.append(
+                {
+                    "k_c": c,
+                    "k_m": m,
+                    "k_w": w,
+                    "n": state.n,
+                    "total": state.total,
+                    "vmax": state.vmax,
+                    "vmin": state.vmin,
+                    "modified_us": now_us,
+                }
+            )
         if not self.db.update_usage(conn, updates, now_us):  # PostgreSQL: one statement, not one per row
             conn.execute(_UPDATE_USAGE, updates)
         self._lock_meters(conn, {m for _, m in deltas})
 
-    def _lock_rows(self, conn: Connection, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], RowState]:
+    def _lock_rows(
+        self, conn: Connection, keys: Sequence[tuple[str, str, int]]
+    ) -> dict[tuple[str, str, int], RowState]:
         """Read (and on PostgreSQL lock) the rollup rows for ``keys``. The query selects by customer
         and window, which the primary key indexes; a row-value IN list would make SQLite scan."""
         locked = self.db.lock_usage_rows(conn, keys)  # PostgreSQL: exactly these rows, in byte order
@@ -432,18 +548,26 @@ class LocalEngine(PolarSurface, Backend):
         out: dict[tuple[str, str, int], RowState] = {}
         cols = (t.usage.c.customer, t.usage.c.meter_id, t.usage.c.window_us)
         for i in range(0, len(customers), _IN_CHUNK):
-            query = (select(*cols, t.usage.c.n, t.usage.c.total, t.usage.c.vmax, t.usage.c.vmin)
-                     .where(and_(t.usage.c.customer.in_(customers[i:i + _IN_CHUNK]),
-                                 t.usage.c.window_us.in_(window_starts)))
-                     .order_by(*cols).with_for_update())
+            query = (
+                select(*cols, t.usage.c.n, t.usage.c.total, t.usage.c.vmax, t.usage.c.vmin)
+                .where(
+                    and_(
+                        t.usage.c.customer.in_(customers[i : i + _IN_CHUNK]),
+                        t.usage.c.window_us.in_(window_starts),
+                    )
+                )
+                .order_by(*cols)
+                .with_for_update()
+            )
             for r in conn.execute(query):
                 key = (r.customer, r.meter_id, r.window_us)
                 if key in wanted:
                     out[key] = RowState(r.n, r.total, r.vmax, r.vmin)
         return out
 
-    def _insert_unique_values(self, conn: Connection, deltas: Mapping[tuple[str, str], Delta],
-                              windows: Mapping[str, Window]) -> dict[tuple[str, str], int]:
+    def _insert_unique_values(
+        self, conn: Connection, deltas: Mapping[tuple[str, str], Delta], windows: Mapping[str, Window]
+    ) -> dict[tuple[str, str], int]:
         """Record distinct values of unique meters; returns how many were new per (customer, meter)."""
         counts: dict[tuple[str, str], int] = {}
         v = t.usage_values.c
@@ -454,13 +578,24 @@ class LocalEngine(PolarSurface, Backend):
             keys = sorted(d.keys)
             have: set[str] = set()
             for i in range(0, len(keys), _IN_CHUNK):
-                have.update(conn.execute(select(v.value_key).where(and_(
-                    v.customer == c, v.meter_id == m, v.window_us == w, v.value_key.in_(keys[i:i + _IN_CHUNK])
-                ))).scalars())
+                have.update(
+                    conn.execute(
+                        select(v.value_key).where(
+                            and_(
+                                v.customer == c,
+                                v.meter_id == m,
+                                v.window_us == w,
+                                v.value_key.in_(keys[i : i + _IN_CHUNK]),
+                            )
+                        )
+                    ).scalars()
+                )
             fresh = [k for k in keys if k not in have]
             if fresh:
-                conn.execute(insert_ignore(self.db.engine, t.usage_values),
-                             [{"customer": c, "meter_id": m, "window_us": w, "value_key": k} for k in fresh])
+                conn.execute(
+                    insert_ignore(self.db.engine, t.usage_values),
+                    [{"customer": c, "meter_id": m, "window_us": w, "value_key": k} for k in fresh],
+                )
                 counts[(c, m)] = len(fresh)
         return counts
 
@@ -470,11 +605,15 @@ class LocalEngine(PolarSurface, Backend):
         # leave claiming a lock the database never got.
         known = [m for m in meter_ids if m in self._meters]
         if known:
-            conn.execute(update(t.meters).where(and_(t.meters.c.id.in_(known), t.meters.c.locked.is_(False)))
-                         .values(locked=True))
+            conn.execute(
+                update(t.meters)
+                .where(and_(t.meters.c.id.in_(known), t.meters.c.locked.is_(False)))
+                .values(locked=True)
+            )
 
-    def _add(self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, delta: Delta,
-             now_us: int) -> None:
+    def _add(
+        self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, delta: Delta, now_us: int
+    ) -> None:
         self._add_many(conn, {(customer, meter.id): delta}, now_us)
 
     # -- readings -------------------------------------------------------------------------------------
@@ -485,8 +624,10 @@ class LocalEngine(PolarSurface, Backend):
         acct = conn.exec_driver_sql(self._sql_account, (customer,)).first()
         window = self._window_of(conn, acct, now)
         now_us = to_us(now)
-        row = conn.exec_driver_sql(self._sql_reading, (customer, meter.id, now_us, customer, meter.id, now_us,
-                                                       customer, meter.id, window.start_us)).one()
+        row = conn.exec_driver_sql(
+            self._sql_reading,
+            (customer, meter.id, now_us, customer, meter.id, now_us, customer, meter.id, window.start_us),
+        ).one()
         n, total, vmax, vmin, credited, held_sum, held_max, exists = row
         if exists is None:
             state, credited = RowState(), self._initial_credit(conn, customer, meter, window)
@@ -494,9 +635,13 @@ class LocalEngine(PolarSurface, Backend):
             state = RowState(n, total, vmax, vmin)
         reserved = float(held_max if meter.func in ("max", "min") else held_sum)
         return MeterReading(
-            meter=meter.slug or meter.id, customer=customer, consumed=consumed_of(meter.func, state),
-            credited=None if credited is None else float(credited), period_start=from_us(window.start_us),
-            period_end=from_us(window.end_us) if window.end_us is not None else None, reserved=reserved,
+            meter=meter.slug or meter.id,
+            customer=customer,
+            consumed=consumed_of(meter.func, state),
+            credited=None if credited is None else float(credited),
+            period_start=from_us(window.start_us),
+            period_end=from_us(window.end_us) if window.end_us is not None else None,
+            reserved=reserved,
             samples=state.n,
         )
 
@@ -508,7 +653,9 @@ class LocalEngine(PolarSurface, Backend):
     def readings(self, customer: str) -> dict[str, MeterReading]:
         now = self.clock.now()
         with self.db.read() as conn:
-            return {m.slug: self._reading(conn, customer, self._meter_id(m), now) for m in self.catalog.meters}
+            return {
+                m.slug: self._reading(conn, customer, self._meter_id(m), now) for m in self.catalog.meters
+            }
 
     def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
         compiled = self._meter_id(meter)
@@ -517,16 +664,27 @@ class LocalEngine(PolarSurface, Backend):
             return True  # a null value is never counted, so it never takes a new unit
         with self.db.read() as conn:
             window = self._window(conn, customer, self.clock.now())
-            return conn.execute(select(t.usage_values.c.value_key).where(and_(
-                t.usage_values.c.customer == customer, t.usage_values.c.meter_id == compiled.id,
-                t.usage_values.c.window_us == window.start_us, t.usage_values.c.value_key == key,
-            ))).first() is not None
+            return (
+                conn.execute(
+                    select(t.usage_values.c.value_key).where(
+                        and_(
+                            t.usage_values.c.customer == customer,
+                            t.usage_values.c.meter_id == compiled.id,
+                            t.usage_values.c.window_us == window.start_us,
+                            t.usage_values.c.value_key == key,
+                        )
+                    )
+                ).first()
+                is not None
+            )
 
-    def history(self, customer: str, meter: Meter, *, start: datetime, end: datetime,
-                interval: str) -> list[tuple[datetime, float]]:
+    def history(
+        self, customer: str, meter: Meter, *, start: datetime, end: datetime, interval: str
+    ) -> list[tuple[datetime, float]]:
         compiled = self._meter_id(meter)
-        points, _ = self.quantities(compiled.id, start=start, end=end, interval=interval,
-                                    external_customer_ids=[customer])
+        points, _ = self.quantities(
+            compiled.id, start=start, end=end, interval=interval, external_customer_ids=[customer]
+        )
         return points
 
     # -- plans ------------------------------------------------------------------------------------------
@@ -563,8 +721,11 @@ class LocalEngine(PolarSurface, Backend):
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
             now_us = to_us(self.clock.now())
-            conn.execute(insert_ignore(self.db.engine, t.accounts).values(
-                customer=key, plan=None, anchor_us=None, reset_us=now_us))
+            conn.execute(
+                insert_ignore(self.db.engine, t.accounts).values(
+                    customer=key, plan=None, anchor_us=None, reset_us=now_us
+                )
+            )
             conn.execute(update(t.accounts).where(t.accounts.c.customer == key).values(reset_us=now_us))
 
     def grant_credits(self, customer_id: str, meter_id: str, units: float, *, rollover: bool = False) -> None:
@@ -575,13 +736,22 @@ class LocalEngine(PolarSurface, Backend):
             window = self._window(conn, key, self.clock.now())
             row = self._usage_row(conn, key, meter, window, lock=True)
             credited = max(0.0, (row.credited or 0.0) + float(units))
-            conn.execute(update(t.usage).where(and_(
-                t.usage.c.customer == key, t.usage.c.meter_id == meter.id, t.usage.c.window_us == window.start_us,
-            )).values(credited=credited, modified_us=to_us(self.clock.now())))
+            conn.execute(
+                update(t.usage)
+                .where(
+                    and_(
+                        t.usage.c.customer == key,
+                        t.usage.c.meter_id == meter.id,
+                        t.usage.c.window_us == window.start_us,
+                    )
+                )
+                .values(credited=credited, modified_us=to_us(self.clock.now()))
+            )
 
     def _customer_key(self, conn: Connection, customer_id: str) -> str:
-        row = conn.execute(select(t.customers.c.id, t.customers.c.external_id)
-                           .where(t.customers.c.id == customer_id)).first()
+        row = conn.execute(
+            select(t.customers.c.id, t.customers.c.external_id).where(t.customers.c.id == customer_id)
+        ).first()
         if row is not None:
             return str(row.external_id or row.id)
         return customer_id
@@ -602,21 +772,44 @@ class LocalEngine(PolarSurface, Backend):
         now = self.clock.now()
         window = self._window(conn, customer, now)
         # Sorted: rollup rows are locked in key order everywhere, so writers never deadlock on them.
-        targets = sorted((m for m in self._meters.values() if not m.archived and meter_id in (None, m.id)),
-                         key=lambda m: m.id)
+        targets = sorted(
+            (m for m in self._meters.values() if not m.archived and meter_id in (None, m.id)),
+            key=lambda m: m.id,
+        )
         for m in targets:
             row = self._usage_row(conn, customer, m, window, lock=True)
-            conn.execute(delete(t.usage_values).where(and_(
-                t.usage_values.c.customer == customer, t.usage_values.c.meter_id == m.id,
-                t.usage_values.c.window_us == window.start_us)))
-            conn.execute(update(t.usage).where(and_(
-                t.usage.c.customer == customer, t.usage.c.meter_id == m.id, t.usage.c.window_us == window.start_us,
-            )).values(n=0, total=0.0, vmax=None, vmin=None, credited=self._initial_credit(conn, customer, m, window)
-                      if row is not None else None))
+            conn.execute(
+                delete(t.usage_values).where(
+                    and_(
+                        t.usage_values.c.customer == customer,
+                        t.usage_values.c.meter_id == m.id,
+                        t.usage_values.c.window_us == window.start_us,
+                    )
+                )
+            )
+            conn.execute(
+                update(t.usage)
+                .where(
+                    and_(
+                        t.usage.c.customer == customer,
+                        t.usage.c.meter_id == m.id,
+                        t.usage.c.window_us == window.start_us,
+                    )
+                )
+                .values(
+                    n=0,
+                    total=0.0,
+                    vmax=None,
+                    vmin=None,
+                    credited=self._initial_credit(conn, customer, m, window) if row is not None else None,
+                )
+            )
         deltas: dict[tuple[str, str], Delta] = {}
-        result = conn.execute(select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata)
-                              .where(and_(t.events.c.customer == customer,
-                                          t.events.c.ingested_us >= window.start_us)))
+        result = conn.execute(
+            select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata).where(
+                and_(t.events.c.customer == customer, t.events.c.ingested_us >= window.start_us)
+            )
+        )
         for name, source, ts_us, md in result:
             accumulate(deltas, targets, customer, name, source, ts_us // 1_000_000, json.loads(md))
         now_us = to_us(now)
@@ -624,7 +817,9 @@ class LocalEngine(PolarSurface, Backend):
             self._add(conn, customer, self._meters[mid], window, delta, now_us)
 
     # -- reservations -----------------------------------------------------------------------------------
-    def hold(self, customer: str, meter: Meter, amount: float, *, ttl: float) -> tuple[Hold | None, MeterReading]:
+    def hold(
+        self, customer: str, meter: Meter, amount: float, *, ttl: float
+    ) -> tuple[Hold | None, MeterReading]:
         compiled = self._meter_id(meter)
         now = self.clock.now()
         now_us = to_us(now)
@@ -633,17 +828,35 @@ class LocalEngine(PolarSurface, Backend):
             # Locking the rollup row serialises every hold and write on this (customer, meter) (PostgreSQL);
             # on SQLite the write transaction is already exclusive.
             self._usage_row(conn, customer, compiled, window, lock=True)
-            conn.execute(delete(t.holds).where(and_(t.holds.c.customer == customer,
-                                                    t.holds.c.meter_id == compiled.id,
-                                                    t.holds.c.expires_us <= now_us)))
+            conn.execute(
+                delete(t.holds).where(
+                    and_(
+                        t.holds.c.customer == customer,
+                        t.holds.c.meter_id == compiled.id,
+                        t.holds.c.expires_us <= now_us,
+                    )
+                )
+            )
             reading = self._reading(conn, customer, compiled, now)
             if reading.credited is not None and project(compiled.func, reading, amount) > reading.credited:
                 return None, reading
-            hold = Hold(str(uuid.uuid4()), customer, compiled.slug or compiled.id, float(amount),
-                        now + timedelta(seconds=ttl))
-            conn.execute(insert(t.holds).values(id=hold.id, customer=customer, meter_id=compiled.id,
-                                                amount=float(amount), expires_us=to_us(hold.expires_at),
-                                                created_us=now_us))
+            hold = Hold(
+                str(uuid.uuid4()),
+                customer,
+                compiled.slug or compiled.id,
+                float(amount),
+                now + timedelta(seconds=ttl),
+            )
+            conn.execute(
+                insert(t.holds).values(
+                    id=hold.id,
+                    customer=customer,
+                    meter_id=compiled.id,
+                    amount=float(amount),
+                    expires_us=to_us(hold.expires_at),
+                    created_us=now_us,
+                )
+            )
             return hold, reading
 
     def settle(self, hold: Hold, events: Sequence[Event]) -> IngestResult:
@@ -666,11 +879,20 @@ class LocalEngine(PolarSurface, Backend):
     def active_holds(self, customer: str, meter: Meter) -> int:
         compiled = self._meter_id(meter)
         with self.db.read() as conn:
-            return int(conn.execute(select(func.count()).select_from(t.holds).where(and_(
-                t.holds.c.customer == customer, t.holds.c.meter_id == compiled.id,
-                t.holds.c.expires_us > to_us(self.clock.now())))).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(t.holds)
+                    .where(
+                        and_(
+                            t.holds.c.customer == customer,
+                            t.holds.c.meter_id == compiled.id,
+                            t.holds.c.expires_us > to_us(self.clock.now()),
+                        )
+                    )
+                ).scalar_one()
+            )
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:
         self.db.dispose()
-

@@ -32,7 +32,9 @@ from polar_metering.backends._engine.records import (
 from polar_metering.backends._engine.rollups import CompiledMeter, RowState, consumed_of, dumps
 
 if TYPE_CHECKING:
-    from polar_metering.backends._engine.backend import LocalEngine
+    from polar_metering._clock import Clock
+    from polar_metering.backends._engine.backend import Window
+    from polar_metering.backends._engine.dialect import Database
 
 __all__ = ["PolarSurface", "aggregate_values", "bucket_start", "series"]
 
@@ -50,6 +52,12 @@ def _dt(us: int | None) -> datetime | None:
     from polar_metering.backends._engine.backend import from_us
 
     return None if us is None else from_us(us)
+
+
+def _at(us: int) -> datetime:
+    from polar_metering.backends._engine.backend import from_us
+
+    return from_us(us)
 
 
 def event_uuid(seq: int) -> str:
@@ -83,7 +91,9 @@ def series(start: datetime, end: datetime, interval: str) -> list[datetime]:
         if interval in ("month", "year"):
             point = add_months(start, k * (12 if interval == "year" else 1))
         else:
-            step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[interval]
+            step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[
+                interval
+            ]
             point = start + k * step
         if point > end:
             return points
@@ -108,36 +118,79 @@ def aggregate_values(func_name: str, values: Sequence[Any]) -> float:
         return float(min(nums))
     if func_name == "avg":
         return float(sum(nums) / len(nums))
-    raise ValidationError("customer_aggregation_function", "must be one of count, sum, max, min, avg, unique",
-                          func_name)
+    raise ValidationError(
+        "customer_aggregation_function", "must be one of count, sum, max, min, avg, unique", func_name
+    )
 
 
 class PolarSurface:
     """Mixed into :class:`LocalEngine`; see ``records.py`` for the shapes returned."""
 
+    if TYPE_CHECKING:  # provided by LocalEngine
+        db: Database
+        clock: Clock
+        _meters: dict[str, CompiledMeter]
+
+        def _load_meters(self) -> None: ...
+
+        def rebuild(self, *, customer: str | None = None, meter_id: str | None = None) -> None: ...
+
+        def _window(self, conn: Connection, customer: str, now: datetime) -> Window: ...
+
+        def _initial_credit(
+            self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
+        ) -> float | None: ...
+
     # -- meters -----------------------------------------------------------------------------------
-    def _meter_record(self: LocalEngine, row: Any) -> MeterRecord:
+    def _meter_record(self, row: Any) -> MeterRecord:
         return MeterRecord(
-            id=row.id, name=row.name, filter=Filter.from_polar(json.loads(row.filter)),
-            aggregation=Aggregation.from_polar(json.loads(row.aggregation)), unit=row.unit,
-            created_at=_dt(row.created_us), modified_at=_dt(row.modified_us),  # type: ignore[arg-type]
-            archived_at=_dt(row.archived_us), slug=row.slug, custom_label=row.custom_label,
-            custom_multiplier=row.custom_multiplier, metadata=json.loads(row.metadata or "{}"), locked=bool(row.locked),
+            id=row.id,
+            name=row.name,
+            filter=Filter.from_polar(json.loads(row.filter)),
+            aggregation=Aggregation.from_polar(json.loads(row.aggregation)),
+            unit=row.unit,
+            created_at=_at(row.created_us),
+            modified_at=_dt(row.modified_us),
+            archived_at=_dt(row.archived_us),
+            slug=row.slug,
+            custom_label=row.custom_label,
+            custom_multiplier=row.custom_multiplier,
+            metadata=json.loads(row.metadata or "{}"),
+            locked=bool(row.locked),
         )
 
-    def create_meter(self: LocalEngine, *, name: str, filter: Filter, aggregation: Aggregation,
-                     unit: str = "scalar", custom_label: str | None = None, custom_multiplier: int | None = None,
-                     metadata: Mapping[str, Any] | None = None) -> MeterRecord:
+    def create_meter(
+        self,
+        *,
+        name: str,
+        filter: Filter,
+        aggregation: Aggregation,
+        unit: str = "scalar",
+        custom_label: str | None = None,
+        custom_multiplier: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MeterRecord:
         """Create a meter; usage since each customer's last reset counts at once (§2.4)."""
         meter_id = str(uuid.uuid4())
         now_us = _us(self.clock.now())
         compiled = CompiledMeter.build(meter_id, None, name, filter, aggregation)
         with self.db.write() as conn:
-            conn.execute(insert(t.meters).values(
-                id=meter_id, slug=None, name=name, filter=dumps(filter.to_polar()),
-                aggregation=dumps(aggregation.to_polar()), unit=unit, custom_label=custom_label,
-                custom_multiplier=custom_multiplier, metadata=dumps(dict(metadata or {})), created_us=now_us,
-                modified_us=None, locked=False))
+            conn.execute(
+                insert(t.meters).values(
+                    id=meter_id,
+                    slug=None,
+                    name=name,
+                    filter=dumps(filter.to_polar()),
+                    aggregation=dumps(aggregation.to_polar()),
+                    unit=unit,
+                    custom_label=custom_label,
+                    custom_multiplier=custom_multiplier,
+                    metadata=dumps(dict(metadata or {})),
+                    created_us=now_us,
+                    modified_us=None,
+                    locked=False,
+                )
+            )
             # §2.4: filter and aggregation lock at creation when a matching event already exists.
             if self._any_match(conn, compiled):
                 conn.execute(update(t.meters).where(t.meters.c.id == meter_id).values(locked=True))
@@ -147,7 +200,7 @@ class PolarSurface:
         assert found is not None
         return found
 
-    def _any_match(self: LocalEngine, conn: Connection, meter: CompiledMeter) -> bool:
+    def _any_match(self, conn: Connection, meter: CompiledMeter) -> bool:
         for name, source, ts_us, md in conn.execute(
             select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata)
         ):
@@ -155,7 +208,7 @@ class PolarSurface:
                 return True
         return False
 
-    def list_meters(self: LocalEngine, *, include_archived: bool = False, query: str | None = None) -> list[MeterRecord]:
+    def list_meters(self, *, include_archived: bool = False, query: str | None = None) -> list[MeterRecord]:
         with self.db.read() as conn:
             rows = conn.execute(select(t.meters)).all()
         records = [self._meter_record(r) for r in rows]
@@ -166,15 +219,23 @@ class PolarSurface:
             records = [r for r in records if q in r.name.lower()]
         return sorted(records, key=lambda r: (r.name, r.created_at))
 
-    def get_meter(self: LocalEngine, meter_id: str) -> MeterRecord | None:
+    def get_meter(self, meter_id: str) -> MeterRecord | None:
         with self.db.read() as conn:
             row = conn.execute(select(t.meters).where(t.meters.c.id == meter_id)).first()
         return None if row is None else self._meter_record(row)
 
-    def update_meter(self: LocalEngine, meter_id: str, **changes: Any) -> MeterRecord:
+    def update_meter(self, meter_id: str, **changes: Any) -> MeterRecord:
         """Apply a Polar ``MeterUpdate``; filter/aggregation are refused once the meter is locked (§2.4)."""
-        allowed = {"name", "unit", "filter", "aggregation", "metadata", "is_archived", "custom_label",
-                   "custom_multiplier"}
+        allowed = {
+            "name",
+            "unit",
+            "filter",
+            "aggregation",
+            "metadata",
+            "is_archived",
+            "custom_label",
+            "custom_multiplier",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise ValidationError(sorted(unknown)[0], "is not a meter field", None)
@@ -215,59 +276,92 @@ class PolarSurface:
     # -- customers ------------------------------------------------------------------------------------
     @staticmethod
     def _customer_record(row: Any) -> CustomerRecord:
-        return CustomerRecord(id=row.id, external_id=row.external_id, email=row.email, name=row.name,
-                              created_at=_dt(row.created_us), modified_at=_dt(row.modified_us),  # type: ignore[arg-type]
-                              metadata=json.loads(row.metadata or "{}"))
+        return CustomerRecord(
+            id=row.id,
+            external_id=row.external_id,
+            email=row.email,
+            name=row.name,
+            created_at=_at(row.created_us),
+            modified_at=_dt(row.modified_us),
+            metadata=json.loads(row.metadata or "{}"),
+        )
 
-    def create_customer(self: LocalEngine, *, external_id: str | None = None, email: str | None = None,
-                        name: str | None = None, metadata: Mapping[str, Any] | None = None) -> CustomerRecord:
+    def create_customer(
+        self,
+        *,
+        external_id: str | None = None,
+        email: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CustomerRecord:
         cid = str(uuid.uuid4())
         with self.db.write() as conn:
             # Insert-or-ignore on the unique external_id: two concurrent creates of one customer give
             # one row and a clear error for the other, on PostgreSQL as on SQLite.
-            conn.execute(insert_ignore(self.db.engine, t.customers).values(
-                id=cid, external_id=external_id, email=email, name=name, metadata=dumps(dict(metadata or {})),
-                created_us=_us(self.clock.now()), modified_us=None))
+            conn.execute(
+                insert_ignore(self.db.engine, t.customers).values(
+                    id=cid,
+                    external_id=external_id,
+                    email=email,
+                    name=name,
+                    metadata=dumps(dict(metadata or {})),
+                    created_us=_us(self.clock.now()),
+                    modified_us=None,
+                )
+            )
             row = conn.execute(select(t.customers).where(t.customers.c.id == cid)).first()
         if row is None:
-            raise ValidationError("external_id", "A customer with this external ID already exists.", external_id)
+            raise ValidationError(
+                "external_id", "A customer with this external ID already exists.", external_id
+            )
         return self._customer_record(row)
 
-    def get_customer(self: LocalEngine, customer_id: str) -> CustomerRecord | None:
+    def get_customer(self, customer_id: str) -> CustomerRecord | None:
         with self.db.read() as conn:
             row = conn.execute(select(t.customers).where(t.customers.c.id == customer_id)).first()
         return None if row is None else self._customer_record(row)
 
-    def get_customer_by_external_id(self: LocalEngine, external_id: str) -> CustomerRecord | None:
+    def get_customer_by_external_id(self, external_id: str) -> CustomerRecord | None:
         with self.db.read() as conn:
             row = conn.execute(select(t.customers).where(t.customers.c.external_id == external_id)).first()
         return None if row is None else self._customer_record(row)
 
-    def list_customers(self: LocalEngine, *, page: int = 1, limit: int = 10,
-                       query: str | None = None) -> tuple[list[CustomerRecord], int]:
+    def list_customers(
+        self, *, page: int = 1, limit: int = 10, query: str | None = None
+    ) -> tuple[list[CustomerRecord], int]:
         cond = None
         if query:
             like = f"%{query}%"
-            cond = or_(t.customers.c.email.ilike(like), t.customers.c.name.ilike(like),
-                       t.customers.c.external_id.ilike(like))
+            cond = or_(
+                t.customers.c.email.ilike(like),
+                t.customers.c.name.ilike(like),
+                t.customers.c.external_id.ilike(like),
+            )
         with self.db.read() as conn:
             base = select(t.customers)
             count = select(func.count()).select_from(t.customers)
             if cond is not None:
                 base, count = base.where(cond), count.where(cond)
             total = int(conn.execute(count).scalar_one())
-            rows = conn.execute(base.order_by(t.customers.c.created_us, t.customers.c.id)
-                                .offset((page - 1) * limit).limit(limit)).all()
+            rows = conn.execute(
+                base.order_by(t.customers.c.created_us, t.customers.c.id)
+                .offset((page - 1) * limit)
+                .limit(limit)
+            ).all()
         return [self._customer_record(r) for r in rows], total
 
     # -- customer meters --------------------------------------------------------------------------------
-    def customer_meter_id(self: LocalEngine, customer_id: str, meter_id: str) -> str:
+    def customer_meter_id(self, customer_id: str, meter_id: str) -> str:
         return str(uuid.uuid5(_NS, f"{customer_id}|{meter_id}"))
 
-    def customer_meters(self: LocalEngine, *, customer_ids: Sequence[str] | None = None,
-                        external_customer_ids: Sequence[str] | None = None,
-                        meter_ids: Sequence[str] | None = None) -> list[CustomerMeterRecord]:
-        """Every (customer, meter) pair with its current window's numbers (§3.1–3.2)."""
+    def customer_meters(
+        self,
+        *,
+        customer_ids: Sequence[str] | None = None,
+        external_customer_ids: Sequence[str] | None = None,
+        meter_ids: Sequence[str] | None = None,
+    ) -> list[CustomerMeterRecord]:
+        """Every (customer, meter) pair with its current window's numbers (§3.1-3.2)."""
         now = self.clock.now()
         with self.db.read() as conn:
             query = select(t.customers)
@@ -291,24 +385,38 @@ class PolarSurface:
                 window = self._window(conn, key, now)
                 for m in meters:
                     compiled = self._meters[m.id]
-                    row = conn.execute(select(t.usage).where(and_(
-                        t.usage.c.customer == key, t.usage.c.meter_id == m.id,
-                        t.usage.c.window_us == window.start_us))).first()
+                    row = conn.execute(
+                        select(t.usage).where(
+                            and_(
+                                t.usage.c.customer == key,
+                                t.usage.c.meter_id == m.id,
+                                t.usage.c.window_us == window.start_us,
+                            )
+                        )
+                    ).first()
                     if row is None:
                         state, credited = RowState(), self._initial_credit(conn, key, compiled, window)
                         created, modified = c.created_at, None
                     else:
                         state, credited = RowState(row.n, row.total, row.vmax, row.vmin), row.credited
-                        created, modified = _dt(row.created_us), _dt(row.modified_us)
+                        created, modified = _at(row.created_us), _dt(row.modified_us)
                     consumed = consumed_of(compiled.func, state)
                     credit = float(credited or 0.0)
-                    out.append(CustomerMeterRecord(
-                        id=self.customer_meter_id(c.id, m.id), customer=c, meter=m, consumed_units=consumed,
-                        credited_units=credit, balance=credit - consumed,
-                        created_at=created or c.created_at, modified_at=modified))
+                    out.append(
+                        CustomerMeterRecord(
+                            id=self.customer_meter_id(c.id, m.id),
+                            customer=c,
+                            meter=m,
+                            consumed_units=consumed,
+                            credited_units=credit,
+                            balance=credit - consumed,
+                            created_at=created or c.created_at,
+                            modified_at=modified,
+                        )
+                    )
         return out
 
-    def get_customer_meter(self: LocalEngine, customer_meter_id: str) -> CustomerMeterRecord | None:
+    def get_customer_meter(self, customer_meter_id: str) -> CustomerMeterRecord | None:
         with self.db.read() as conn:
             meter_ids = list(conn.execute(select(t.meters.c.id)).scalars())
         for record in self.customer_meters(meter_ids=meter_ids):
@@ -317,9 +425,18 @@ class PolarSurface:
         return None
 
     # -- events -----------------------------------------------------------------------------------------
-    def list_events(self: LocalEngine, *, customer_id: str | None = None, external_customer_id: str | None = None,
-                    name: str | None = None, start: datetime | None = None, end: datetime | None = None,
-                    page: int = 1, limit: int = 10, source: str | None = None) -> tuple[list[StoredEvent], int]:
+    def list_events(
+        self,
+        *,
+        customer_id: str | None = None,
+        external_customer_id: str | None = None,
+        name: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page: int = 1,
+        limit: int = 10,
+        source: str | None = None,
+    ) -> tuple[list[StoredEvent], int]:
         conds = []
         if customer_id is not None:
             conds.append(t.events.c.customer_id == customer_id)
@@ -336,19 +453,42 @@ class PolarSurface:
         where = and_(True, *conds)
         with self.db.read() as conn:
             total = int(conn.execute(select(func.count()).select_from(t.events).where(where)).scalar_one())
-            rows = conn.execute(select(t.events).where(where).order_by(t.events.c.ts_us.desc(), t.events.c.seq.desc())
-                                .offset((page - 1) * limit).limit(limit)).all()
-        return [StoredEvent(id=event_uuid(r.seq), name=r.name, timestamp=_dt(r.ts_us),  # type: ignore[arg-type]
-                            ingested_at=_dt(r.ingested_us), metadata=json.loads(r.metadata),  # type: ignore[arg-type]
-                            external_id=r.external_id, external_customer_id=r.external_customer_id,
-                            customer_id=r.customer_id, source=r.source) for r in rows], total
+            rows = conn.execute(
+                select(t.events)
+                .where(where)
+                .order_by(t.events.c.ts_us.desc(), t.events.c.seq.desc())
+                .offset((page - 1) * limit)
+                .limit(limit)
+            ).all()
+        return [
+            StoredEvent(
+                id=event_uuid(r.seq),
+                name=r.name,
+                timestamp=_at(r.ts_us),
+                ingested_at=_at(r.ingested_us),
+                metadata=json.loads(r.metadata),
+                external_id=r.external_id,
+                external_customer_id=r.external_customer_id,
+                customer_id=r.customer_id,
+                source=r.source,
+            )
+            for r in rows
+        ], total
 
     # -- quantities -------------------------------------------------------------------------------------
-    def quantities(self: LocalEngine, meter_id: str, *, start: datetime, end: datetime, interval: str,
-                   timezone: str = "UTC", customer_ids: Sequence[str] | None = None,
-                   external_customer_ids: Sequence[str] | None = None,
-                   metadata: Mapping[str, Sequence[str]] | None = None,
-                   customer_aggregation: str | None = None) -> tuple[list[tuple[datetime, float]], float]:
+    def quantities(
+        self,
+        meter_id: str,
+        *,
+        start: datetime,
+        end: datetime,
+        interval: str,
+        timezone: str = "UTC",
+        customer_ids: Sequence[str] | None = None,
+        external_customer_ids: Sequence[str] | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+        customer_aggregation: str | None = None,
+    ) -> tuple[list[tuple[datetime, float]], float]:
         """Usage per time bucket by event timestamp (§2.6). ``total`` for avg/unique is computed over
         the raw events of the range (Polar's query is unbounded there; we bound it by the range)."""
         compiled = self._meters.get(meter_id)
@@ -364,9 +504,12 @@ class PolarSurface:
             return [], 0.0
         first = buckets[0]
         last_end = bucket_start(points[-1], interval, tz)
-        last_end = (add_months(last_end, 12 if interval == "year" else 1) if interval in ("month", "year")
-                    else last_end + {"hour": timedelta(hours=1), "day": timedelta(days=1),
-                                     "week": timedelta(weeks=1)}[interval])
+        last_end = (
+            add_months(last_end, 12 if interval == "year" else 1)
+            if interval in ("month", "year")
+            else last_end
+            + {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[interval]
+        )
         keys: set[str] = set()
         with self.db.read() as conn:
             if customer_ids:
@@ -377,8 +520,15 @@ class PolarSurface:
             conds = [t.events.c.ts_us >= _us(first), t.events.c.ts_us < _us(last_end)]
             if customer_ids or external_customer_ids:
                 conds.append(t.events.c.customer.in_(sorted(keys)))
-            rows = conn.execute(select(t.events.c.customer, t.events.c.name, t.events.c.source, t.events.c.ts_us,
-                                       t.events.c.metadata).where(and_(*conds))).all()
+            rows = conn.execute(
+                select(
+                    t.events.c.customer,
+                    t.events.c.name,
+                    t.events.c.source,
+                    t.events.c.ts_us,
+                    t.events.c.metadata,
+                ).where(and_(*conds))
+            ).all()
         wanted = set(buckets)
         per: dict[datetime, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
         raw: list[Any] = []
@@ -397,8 +547,13 @@ class PolarSurface:
             bucket = bucket_start(from_us(ts_us), interval, tz)
             if bucket not in wanted:
                 continue
-            value: Any = (unique_key(lookup(md, compiled.aggregation.property or "")) if compiled.func == "unique"
-                          else None if compiled.func == "count" else compiled.reader(name, source, ts_s, md))
+            value: Any = (
+                unique_key(lookup(md, compiled.aggregation.property or ""))
+                if compiled.func == "unique"
+                else None
+                if compiled.func == "count"
+                else compiled.reader(name, source, ts_s, md)
+            )
             per[bucket][customer].append(value)
             raw.append(value)
         func_name = compiled.func
@@ -410,7 +565,9 @@ class PolarSurface:
                 quantities.append((point, 0.0))
                 continue
             if customer_aggregation:
-                q = aggregate_values(customer_aggregation, [aggregate_values(func_name, v) for v in groups.values()])
+                q = aggregate_values(
+                    customer_aggregation, [aggregate_values(func_name, v) for v in groups.values()]
+                )
             else:
                 q = aggregate_values(func_name, [x for v in groups.values() for x in v])
             quantities.append((point, q))

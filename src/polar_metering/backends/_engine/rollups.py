@@ -31,10 +31,21 @@ class CompiledMeter:
     archived: bool = False
 
     @classmethod
-    def build(cls, meter_id: str, slug: str | None, name: str, flt: Filter, agg: Aggregation,
-              archived: bool = False) -> CompiledMeter:
-        return cls(meter_id, slug, name, agg.func, flt, agg, compile_filter(flt), compile_value_reader(agg),
-                   unique_reader(agg) if agg.func == "unique" else None, archived)
+    def build(
+        cls, meter_id: str, slug: str | None, name: str, flt: Filter, agg: Aggregation, archived: bool = False
+    ) -> CompiledMeter:
+        return cls(
+            meter_id,
+            slug,
+            name,
+            agg.func,
+            flt,
+            agg,
+            compile_filter(flt),
+            compile_value_reader(agg),
+            unique_reader(agg) if agg.func == "unique" else None,
+            archived,
+        )
 
 
 @dataclass(slots=True)
@@ -122,8 +133,20 @@ def accumulate(
 
 def merge(state: RowState, delta: Delta, new_unique: int) -> RowState:
     """The row after ``delta``; ``new_unique`` is how many of ``delta.keys`` were not yet counted."""
-    vmax = state.vmax if delta.vmax is None else delta.vmax if state.vmax is None else max(state.vmax, delta.vmax)
-    vmin = state.vmin if delta.vmin is None else delta.vmin if state.vmin is None else min(state.vmin, delta.vmin)
+    vmax = (
+        state.vmax
+        if delta.vmax is None
+        else delta.vmax
+        if state.vmax is None
+        else max(state.vmax, delta.vmax)
+    )
+    vmin = (
+        state.vmin
+        if delta.vmin is None
+        else delta.vmin
+        if state.vmin is None
+        else min(state.vmin, delta.vmin)
+    )
     n = state.n + (new_unique if delta.keys else delta.n)
     return RowState(n, state.total + delta.total, vmax, vmin)
 
