@@ -574,3 +574,25 @@ def test_cost_amount_matches_pydantics_decimal_rule(amount: object) -> None:
     assert (error is None) is polar_ok
     if error is not None:
         assert error.field == "metadata._cost.amount"
+
+
+def test_external_ids_differ_between_parent_and_forked_child() -> None:
+    """A forked child reseeds the id generator: its ids never repeat the parent's."""
+    import os
+
+    from polar_metering._events import new_external_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, ",".join(new_external_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    parent_ids = {new_external_id() for _ in range(50)}
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    child_ids = set(data.decode().split(","))
+    assert len(child_ids) == 50 and not (parent_ids & child_ids)
+    assert {i[12:] for i in parent_ids}.isdisjoint({i[12:] for i in child_ids})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,13 +55,21 @@ _LLM_KEYS = {
 }
 
 
+# The random part comes from a generator seeded with 256 bits of OS entropy, reseeded in every
+# forked child so parent and child never share a sequence. Calling os.urandom per event would make
+# a syscall that gives up the GIL, and the caller then waits for background threads to hand it back
+# (~10 µs measured beside the outbox writer, against ~0.1 µs for getrandbits).
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def new_external_id() -> str:
     """A unique, time-ordered id: 48 bits of milliseconds then 80 random bits, as 32 hex characters.
 
     Time-ordered ids keep the outbox and the event table append-only (perf floors: a random key costs
     ~15x in SQLite). The id never contains ``/``, ``?`` or ``#``, which Polar's SDK would not escape.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_ids.getrandbits(80):020x}"
 
 
 def _plain_str(value: str) -> str:

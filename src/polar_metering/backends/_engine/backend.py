@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from polar_metering._catalog import Aggregation, Catalog, Filter, Meter, Plan
@@ -53,23 +53,6 @@ from polar_metering.backends._engine.rollups import (
 __all__ = ["LocalEngine", "Window", "to_us", "from_us"]
 
 _IN_CHUNK = 500  # bound on IN (...) lists; SQLite's default variable limit is far above this
-_UPDATE_USAGE = (
-    update(t.usage)
-    .where(
-        and_(
-            t.usage.c.customer == bindparam("k_c"),
-            t.usage.c.meter_id == bindparam("k_m"),
-            t.usage.c.window_us == bindparam("k_w"),
-        )
-    )
-    .values(
-        n=bindparam("n"),
-        total=bindparam("total"),
-        vmax=bindparam("vmax"),
-        vmin=bindparam("vmin"),
-        modified_us=bindparam("modified_us"),
-    )
-)
 
 
 def to_us(when: datetime) -> int:
@@ -140,11 +123,6 @@ class LocalEngine(PolarSurface, Backend):
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
-        self._insert_events_sql = self._sql(
-            "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, "
-            "name, "
-            "ts_us, ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
         held = "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? AND h.expires_us > ?"
         self._sql_account = self._sql(
             "SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?"
@@ -428,35 +406,13 @@ class LocalEngine(PolarSurface, Backend):
                     continue
                 seen.add(eid)
             fresh.append(row)
-        if self.db.is_postgresql and fresh:
-            # §1.3 under concurrency: ON CONFLICT skips ids stored, or being stored, by other processes.
-            inserted = self.db.insert_events(
-                conn, [(r[0], r[1], r[2], r[3], r[4], r[5], dumps(r[6]), r[7]) for r in fresh], now_us
-            )
-            assert inserted is not None
-            fresh = [r for r in fresh if r[0] is None or r[0] in inserted]
-            if fresh:
-                self._apply(conn, fresh, now_us)
-            return IngestResult(len(fresh), len(rows) - len(fresh))
         if not fresh:
             return IngestResult(0, len(rows))
-        # SQLite: the write transaction is exclusive, so rows with seq above the current maximum are
-        # exactly ours. Insert-or-ignore lets the unique index do the dedup; only when it skipped
-        # something do we look up which rows went in (a resend), so the common path costs one
-        # executemany. The driver's executemany is used directly: SQLAlchemy's per-row parameter
-        # processing would cost more than SQLite's own work here.
-        before = conn.exec_driver_sql("SELECT COALESCE(MAX(seq), 0) FROM pm_events").scalar_one()
-        result = conn.exec_driver_sql(
-            self._insert_events_sql,
-            [(r[0], r[1], r[2], r[3], r[4], r[5], now_us, dumps(r[6]), r[7]) for r in fresh],
+        inserted = self.db.insert_events(
+            conn, [(r[0], r[1], r[2], r[3], r[4], r[5], dumps(r[6]), r[7]) for r in fresh], now_us
         )
-        if result.rowcount != len(fresh):
-            stored = set(
-                conn.exec_driver_sql(
-                    "SELECT external_id FROM pm_events WHERE seq > ? AND external_id IS NOT NULL", (before,)
-                ).scalars()
-            )
-            fresh = [r for r in fresh if r[0] is None or r[0] in stored]
+        if inserted is not None:  # some were already stored: a resend
+            fresh = [r for r in fresh if r[0] is None or r[0] in inserted]
         if fresh:
             self._apply(conn, fresh, now_us)
         return IngestResult(len(fresh), len(rows) - len(fresh))
@@ -530,40 +486,16 @@ class LocalEngine(PolarSurface, Backend):
                     "modified_us": now_us,
                 }
             )
-        if not self.db.update_usage(conn, updates, now_us):  # PostgreSQL: one statement, not one per row
-            conn.execute(_UPDATE_USAGE, updates)
+        self.db.update_usage(conn, updates, now_us)
         self._lock_meters(conn, {m for _, m in deltas})
 
     def _lock_rows(
         self, conn: Connection, keys: Sequence[tuple[str, str, int]]
     ) -> dict[tuple[str, str, int], RowState]:
-        """Read (and on PostgreSQL lock) the rollup rows for ``keys``. The query selects by customer
-        and window, which the primary key indexes; a row-value IN list would make SQLite scan."""
-        locked = self.db.lock_usage_rows(conn, keys)  # PostgreSQL: exactly these rows, in byte order
-        if locked is not None:
-            return {(r[0], r[1], r[2]): RowState(r[3], r[4], r[5], r[6]) for r in locked}
-        wanted = set(keys)
-        customers = sorted({k[0] for k in keys})
-        window_starts = sorted({k[2] for k in keys})
-        out: dict[tuple[str, str, int], RowState] = {}
-        cols = (t.usage.c.customer, t.usage.c.meter_id, t.usage.c.window_us)
-        for i in range(0, len(customers), _IN_CHUNK):
-            query = (
-                select(*cols, t.usage.c.n, t.usage.c.total, t.usage.c.vmax, t.usage.c.vmin)
-                .where(
-                    and_(
-                        t.usage.c.customer.in_(customers[i : i + _IN_CHUNK]),
-                        t.usage.c.window_us.in_(window_starts),
-                    )
-                )
-                .order_by(*cols)
-                .with_for_update()
-            )
-            for r in conn.execute(query):
-                key = (r.customer, r.meter_id, r.window_us)
-                if key in wanted:
-                    out[key] = RowState(r.n, r.total, r.vmax, r.vmin)
-        return out
+        """Read, and on PostgreSQL lock, the rollup rows for ``keys`` (see ``Database.lock_usage_rows``)."""
+        return {
+            (r[0], r[1], r[2]): RowState(r[3], r[4], r[5], r[6]) for r in self.db.lock_usage_rows(conn, keys)
+        }
 
     def _insert_unique_values(
         self, conn: Connection, deltas: Mapping[tuple[str, str], Delta], windows: Mapping[str, Window]

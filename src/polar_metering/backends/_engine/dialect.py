@@ -70,6 +70,16 @@ _PG_LOCK_USAGE = (
 _PG_ACCOUNTS = "SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ANY(%b::text[])"
 
 
+_SQLITE_INSERT_EVENTS = (
+    "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, name, ts_us, "
+    "ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_UPDATE_USAGE = (
+    "UPDATE pm_usage SET n = ?, total = ?, vmax = ?, vmin = ?, modified_us = ? "
+    "WHERE customer = ? AND meter_id = ? AND window_us = ?"
+)
+
+
 def insert_ignore(engine: Engine, table: Table) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` for this dialect."""
     if engine.dialect.name == "postgresql":
@@ -224,42 +234,77 @@ class Database:
     def insert_events(
         self, conn: Connection, rows: Sequence[Sequence[Any]], ingested_us: int
     ) -> set[str] | None:
-        """PostgreSQL: insert event rows ``(external_id, customer, external_customer_id, customer_id, name,
-        ts_us, metadata_json, source)`` in one statement, skipping any whose ``external_id`` is already
-        stored or being stored by a concurrent transaction (§1.3: the first write wins). Returns the
-        ``external_id`` values actually inserted; rows without one are always inserted.
+        """Insert event rows ``(external_id, customer, external_customer_id, customer_id, name, ts_us,
+        metadata_json, source)``, skipping any whose ``external_id`` is already stored (§1.3: the first
+        write wins). Returns the ``external_id`` values inserted, or ``None`` when every row was.
 
-        SQLite returns ``None`` and the caller uses its own path: its writers are serialised, so reading
-        the known ids first is exact there.
+        PostgreSQL: one statement with ``ON CONFLICT DO NOTHING``, which also skips ids a concurrent
+        transaction is storing. SQLite: its write transaction is exclusive, so rows above the current
+        maximum ``seq`` are exactly ours; insert-or-ignore lets the unique index do the dedup and only
+        a resend (row count short) costs a second query. The driver's executemany is called directly:
+        SQLAlchemy's per-row parameter processing would cost more than SQLite's own work.
         """
-        if not self.is_postgresql:
+        if self.is_postgresql:
+            skipped = conn.exec_driver_sql(_PG_INSERT_EVENTS, (dumps(rows), ingested_us)).scalars().all()
+            if not skipped:
+                return None
+            inserted = {row[0] for row in rows if row[0] is not None}
+            inserted.difference_update(skipped)
+            return inserted
+        before = conn.exec_driver_sql("SELECT COALESCE(MAX(seq), 0) FROM pm_events").scalar_one()
+        result = conn.exec_driver_sql(
+            _SQLITE_INSERT_EVENTS,
+            [(r[0], r[1], r[2], r[3], r[4], r[5], ingested_us, r[6], r[7]) for r in rows],
+        )
+        if result.rowcount == len(rows):
             return None
-        skipped = conn.exec_driver_sql(_PG_INSERT_EVENTS, (dumps(rows), ingested_us)).scalars().all()
-        inserted = {row[0] for row in rows if row[0] is not None}
-        inserted.difference_update(skipped)
-        return inserted
+        return set(
+            conn.exec_driver_sql(
+                "SELECT external_id FROM pm_events WHERE seq > ? AND external_id IS NOT NULL", (before,)
+            ).scalars()
+        )
 
-    def update_usage(self, conn: Connection, rows: Sequence[Mapping[str, Any]], modified_us: int) -> bool:
-        """PostgreSQL: write new rollup values ``{k_c, k_m, k_w, n, total, vmax, vmin}`` for rows this
-        transaction has locked, in one statement. Returns False on SQLite, whose caller runs its own
-        ``executemany`` (cheap there: no round trips)."""
-        if not self.is_postgresql:
-            return False
-        if rows:
+    def update_usage(self, conn: Connection, rows: Sequence[Mapping[str, Any]], modified_us: int) -> None:
+        """Write new rollup values ``{k_c, k_m, k_w, n, total, vmax, vmin}`` for rows this transaction
+        holds: one array statement on PostgreSQL (no round trip per row), the driver's executemany on
+        SQLite (no round trips to save, and no per-row parameter processing)."""
+        if not rows:
+            return
+        if self.is_postgresql:
             columns = [[r[key] for r in rows] for key in ("k_c", "k_m", "k_w", "n", "total", "vmax", "vmin")]
             conn.exec_driver_sql(_PG_UPDATE_USAGE, (modified_us, *columns))
-        return True
+            return
+        conn.exec_driver_sql(
+            _SQLITE_UPDATE_USAGE,
+            [
+                (r["n"], r["total"], r["vmax"], r["vmin"], modified_us, r["k_c"], r["k_m"], r["k_w"])
+                for r in rows
+            ],
+        )
 
-    def lock_usage_rows(self, conn: Connection, keys: Sequence[tuple[str, str, int]]) -> Sequence[Any] | None:
-        """PostgreSQL: read and lock (``FOR UPDATE``) the rollup rows of ``(customer, meter_id,
-        window_us)`` keys in one statement, as rows of ``(customer, meter_id, window_us, n, total, vmax,
-        vmin)``; missing keys are absent. SQLite returns ``None`` (its write transaction is exclusive)."""
-        if not self.is_postgresql:
-            return None
+    def lock_usage_rows(self, conn: Connection, keys: Sequence[tuple[str, str, int]]) -> list[Any]:
+        """Read (and on PostgreSQL lock, ``FOR UPDATE`` in byte order) the rollup rows of
+        ``(customer, meter_id, window_us)`` keys, as ``(customer, meter_id, window_us, n, total, vmax,
+        vmin)``; missing keys are absent. SQLite's write transaction is already exclusive; it selects by
+        customer and window, which the primary key indexes (a row-value IN list would make it scan)."""
         if not keys:
             return []
-        columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
-        return conn.exec_driver_sql(_PG_LOCK_USAGE, tuple(columns)).fetchall()
+        if self.is_postgresql:
+            columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+            return list(conn.exec_driver_sql(_PG_LOCK_USAGE, tuple(columns)).fetchall())
+        wanted = set(keys)
+        customers = sorted({k[0] for k in keys})
+        windows = sorted({k[2] for k in keys})
+        rows: list[Any] = []
+        for i in range(0, len(customers), 500):
+            chunk = customers[i : i + 500]
+            marks, window_marks = ", ".join("?" * len(chunk)), ", ".join("?" * len(windows))
+            sql = (
+                "SELECT customer, meter_id, window_us, n, total, vmax, vmin FROM pm_usage "
+                f"WHERE customer IN ({marks}) AND window_us IN ({window_marks})"
+            )
+            rows += [r for r in conn.exec_driver_sql(sql, (*chunk, *windows)) if (r[0], r[1], r[2]) in wanted]
+        return rows
 
     def accounts(self, conn: Connection, customers: Sequence[str]) -> Sequence[Any] | None:
         """PostgreSQL: the ``pm_accounts`` rows of ``customers`` in one statement (one array parameter
