@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from polar_metering._catalog import Catalog, Meter, Plan
 from polar_metering._config import MeteringConfig, build_config
@@ -761,15 +761,37 @@ class AsyncMetering(_Base):
             self._sync.usage_history, customer_id, meter, start=start, end=end, interval=interval
         )
 
+    @overload
     async def with_usage_limit(
         self,
         meter: str,
-        action: Callable[..., T | Awaitable[T]],
+        action: Callable[..., Awaitable[T]],
         *args: Any,
         customer_id: str | None = None,
         amount: float | None = None,
         **kwargs: Any,
-    ) -> T:
+    ) -> T: ...
+
+    @overload
+    async def with_usage_limit(
+        self,
+        meter: str,
+        action: Callable[..., T],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    async def with_usage_limit(
+        self,
+        meter: str,
+        action: Callable[..., Any],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run a sync callable or coroutine function if the limit allows; raise UsageLimitExceeded if not."""
         customer = customer_id if customer_id is not None else require_current_customer()
         if amount is None:
@@ -780,15 +802,37 @@ class AsyncMetering(_Base):
         async with await self.reserve(customer, meter, amount):
             return await _call(action, *args, **kwargs)
 
+    @overload
     async def with_usage_limit_safe(
         self,
         meter: str,
-        action: Callable[..., T | Awaitable[T]],
+        action: Callable[..., Awaitable[T]],
         *args: Any,
         customer_id: str | None = None,
         amount: float | None = None,
         **kwargs: Any,
-    ) -> SafeResult[T]:
+    ) -> SafeResult[T]: ...
+
+    @overload
+    async def with_usage_limit_safe(
+        self,
+        meter: str,
+        action: Callable[..., T],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> SafeResult[T]: ...
+
+    async def with_usage_limit_safe(
+        self,
+        meter: str,
+        action: Callable[..., Any],
+        *args: Any,
+        customer_id: str | None = None,
+        amount: float | None = None,
+        **kwargs: Any,
+    ) -> SafeResult[Any]:
         try:
             data = await self.with_usage_limit(
                 meter, action, *args, customer_id=customer_id, amount=amount, **kwargs

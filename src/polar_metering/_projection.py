@@ -17,7 +17,7 @@ customer at 10/10 is refused with ``Usage limit reached: 10/10 units used``.
 
 from __future__ import annotations
 
-from polar_metering._status import MeterReading, UsageStatus, limit_reason
+from polar_metering._status import MeterReading, UsageStatus, exceed_reason, limit_reason
 
 __all__ = ["decide", "project"]
 
@@ -62,9 +62,10 @@ def decide(
     held = reading.reserved if func in ("count", "sum", "unique") else 0.0
     remaining = max(0.0, limit - current - held)
     if amount is None:
-        room = current + held < limit if func != "max" else max(current, reading.reserved) < limit
-        allowed = room
-        reason = None if allowed else limit_reason(current + held if func != "max" else current, limit)
+        # Units held by reservations count as used: "used or held" is what a newcomer competes with.
+        shown = current + held if func != "max" else max(current, reading.reserved)
+        allowed = shown < limit
+        reason = None if allowed else limit_reason(shown, limit)
     else:
         projected = project(func, reading, amount, already_counted=already_counted)
         allowed = projected <= limit
@@ -73,9 +74,5 @@ def decide(
         elif current >= limit:
             reason = limit_reason(current, limit)
         else:
-            reason = f"Usage limit would be exceeded: {_fmt(projected)}/{_fmt(limit)} units after this action"
+            reason = exceed_reason(projected, limit)
     return UsageStatus(allowed, current, limit, remaining, reason, **common)  # type: ignore[arg-type]
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:g}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-__all__ = ["MeterReading", "SafeResult", "TrackingResult", "UsageStatus", "limit_reason"]
+__all__ = ["MeterReading", "SafeResult", "TrackingResult", "UsageStatus", "exceed_reason", "limit_reason"]
 
 T = TypeVar("T")
 
@@ -19,6 +19,11 @@ def _fmt(value: float) -> str:
     # 15 significant digits: what a float holds reliably. Plain :g keeps 6 and turns 1234567.5 into
     # "1.23457e+06", which misstates a customer's usage.
     return f"{value:.15g}"
+
+
+def exceed_reason(projected: float, limit: float) -> str:
+    """Why an action of some amount is refused while usage itself is still under the limit."""
+    return f"Usage limit would be exceeded: {_fmt(projected)}/{_fmt(limit)} units after this action"
 
 
 def limit_reason(current: float, limit: float) -> str:

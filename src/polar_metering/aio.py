@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from polar_metering._api import get_client
 from polar_metering._catalog import Plan
@@ -103,27 +103,71 @@ async def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus
     return await _client().get_all_usage(customer_id)
 
 
+@overload
 async def with_usage_limit(
     meter: str,
-    action: Callable[..., T | Awaitable[T]],
+    action: Callable[..., Awaitable[T]],
     *args: Any,
     customer_id: str | None = None,
     amount: float | None = None,
     **kwargs: Any,
-) -> T:
+) -> T: ...
+
+
+@overload
+async def with_usage_limit(
+    meter: str,
+    action: Callable[..., T],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> T: ...
+
+
+async def with_usage_limit(
+    meter: str,
+    action: Callable[..., Any],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> Any:
     return await _client().with_usage_limit(
         meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
     )
 
 
+@overload
 async def with_usage_limit_safe(
     meter: str,
-    action: Callable[..., T | Awaitable[T]],
+    action: Callable[..., Awaitable[T]],
     *args: Any,
     customer_id: str | None = None,
     amount: float | None = None,
     **kwargs: Any,
-) -> SafeResult[T]:
+) -> SafeResult[T]: ...
+
+
+@overload
+async def with_usage_limit_safe(
+    meter: str,
+    action: Callable[..., T],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> SafeResult[T]: ...
+
+
+async def with_usage_limit_safe(
+    meter: str,
+    action: Callable[..., Any],
+    *args: Any,
+    customer_id: str | None = None,
+    amount: float | None = None,
+    **kwargs: Any,
+) -> SafeResult[Any]:
     return await _client().with_usage_limit_safe(
         meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
     )
