@@ -257,6 +257,10 @@ def test_config_defaults_stay_under_polar_limits(tmp_path: object) -> None:
     ("options", "field"),
     [
         ({"batch_max_events": 0}, "batch_max_events"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"max_in_flight": 17}, "max_in_flight"),
+        ({"max_in_flight": True}, "max_in_flight"),
+        ({"max_in_flight": 2.0}, "max_in_flight"),
         ({"batch_max_events": 1.5}, "batch_max_events"),
         ({"batch_max_bytes": 11 * 1024 * 1024}, "batch_max_bytes"),
         ({"batch_max_age": -1}, "batch_max_age"),

@@ -17,6 +17,7 @@ import pytest
 from delivery_helpers import T0, ScriptedTransport, drive, fast_config, make_events
 
 from polar_metering._clock import ManualClock
+from polar_metering._events import validate_event
 from polar_metering._exceptions import (
     AuthenticationError,
     BackendError,
@@ -117,6 +118,27 @@ def test_events_arrive_as_polar_event_bodies(tmp_path: Path) -> None:
     outbox.commit()
     drive(outbox, clock)
     assert [body for _, batch in transport.successes for body in batch] == [e.to_polar() for e in events]
+
+
+def test_numbers_cross_the_outbox_exactly(tmp_path: Path) -> None:
+    """Integers past 64 bits (which orjson alone would round to floats) and floats needing all 17
+    digits reach the transport unchanged, beside ordinary events in the same batch."""
+    transport = ScriptedTransport()
+    outbox, clock = manual(tmp_path, transport)
+    values = [2**70, -(2**64) - 1, 0.30000000000000004, 2**63 + 1, 12345678901234567890123]
+    events = [
+        validate_event("user_1", "big.numbers", {"n": value}, external_id=f"n-{i}", now=T0)
+        for i, value in enumerate(values)
+    ]
+    plain = make_events(3)
+    outbox.enqueue([plain[0], events[0], plain[1], *events[1:], plain[2]])
+    outbox.commit()
+    drive(outbox, clock)
+    received = {body["external_id"]: body for _, batch in transport.successes for body in batch}
+    for i, value in enumerate(values):
+        got = received[f"n-{i}"]["metadata"]["n"]
+        assert got == value and type(got) is type(value), (value, got)
+    assert [received[e.external_id] for e in plain] == [e.to_polar() for e in plain]
 
 
 def test_duplicates_reported_by_polar_count_as_delivered(tmp_path: Path) -> None:
@@ -319,6 +341,55 @@ def test_batches_never_exceed_count_or_byte_limits(tmp_path: Path) -> None:
         assert len(orjson.dumps({"events": batch})) <= 8192
     assert any(len(batch) == 40 for _, batch in transport.calls)
     assert any(len(orjson.dumps({"events": b})) > 8192 - 600 for _, b in transport.calls)
+
+
+class GateTransport:
+    """Holds every send until ``release`` is set, recording how many were waiting at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.waiting = 0
+        self.most_waiting = 0
+        self.two_waiting = threading.Event()
+        self.delivered: list[str] = []
+
+    def send(self, events: list[dict[str, Any]]) -> SendResult:
+        with self.lock:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+            if self.waiting >= 2:
+                self.two_waiting.set()
+        self.release.wait(30)
+        with self.lock:
+            self.waiting -= 1
+            self.delivered.extend(e["external_id"] for e in events)
+        return SendResult(inserted=len(events))
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
+def test_max_in_flight_bounds_concurrent_requests(tmp_path: Path, in_flight: int) -> None:
+    """With max_in_flight=n, n batches wait on Polar at once while more are due (never more), and
+    every event is still delivered exactly once; metrics add up across the sender threads."""
+    transport = GateTransport()
+    config = fast_config(tmp_path / "outbox.db", batch_max_events=10, max_in_flight=in_flight)
+    outbox = Outbox(config, transport)
+    events = make_events(100)
+    outbox.enqueue(events, durable=True)
+    if in_flight > 1:
+        assert transport.two_waiting.wait(10), "a second request never started while the first waited"
+    deadline = time.monotonic() + 10
+    while transport.waiting < in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room for a sender that would overstep the bound
+    assert transport.waiting == in_flight
+    transport.release.set()
+    assert outbox.flush(timeout=10)
+    assert outbox.close()
+    assert sorted(transport.delivered) == sorted(e.external_id for e in events)
+    assert transport.most_waiting == in_flight
+    metrics = outbox.metrics()
+    assert (metrics.sent, metrics.batches) == (100, 10)
 
 
 def test_rate_limit_paces_requests(tmp_path: Path) -> None:

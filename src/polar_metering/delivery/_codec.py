@@ -1,12 +1,18 @@
-"""JSON for the outbox: orjson when it is installed (~10x faster), the standard library otherwise."""
+"""JSON for the outbox: orjson when it is installed (~10x faster), the standard library otherwise.
+
+orjson stops at 64-bit integers, and Polar takes integers of any size (§1.6). ``dumps`` falls back
+to the standard library for such a document and marks it with one leading space (JSON allows it), so
+that ``loads`` knows to do the same: orjson would read the big integer as a rounded float.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["BIG_INT_MARK", "dumps", "loads"]
+
+BIG_INT_MARK = " "
 
 
 def _std_dumps(obj: Any) -> bytes:
@@ -20,10 +26,18 @@ try:
         """Compact UTF-8 JSON."""
         try:
             return orjson.dumps(obj)
-        except TypeError:  # orjson stops at 64-bit integers; Polar takes any size (§1.6)
-            return _std_dumps(obj)
+        except TypeError:  # an integer beyond 64 bits
+            return BIG_INT_MARK.encode() + _std_dumps(obj)
 
-    loads: Callable[[str | bytes], Any] = orjson.loads
+    def loads(text: str | bytes, *, big_ints: bool | None = None) -> Any:
+        """Parse JSON written by ``dumps`` (or several such documents joined into an array, with
+        ``big_ints`` saying whether any of them carried the mark)."""
+        if big_ints is None:
+            big_ints = text[:1] in (BIG_INT_MARK, BIG_INT_MARK.encode())
+        return json.loads(text) if big_ints else orjson.loads(text)
+
 except ImportError:  # pragma: no cover - exercised only without orjson
     dumps = _std_dumps
-    loads = json.loads
+
+    def loads(text: str | bytes, *, big_ints: bool | None = None) -> Any:
+        return json.loads(text)

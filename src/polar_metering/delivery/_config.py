@@ -66,6 +66,10 @@ class DeliveryConfig:
 
     - ``batch_max_events`` / ``batch_max_bytes`` / ``batch_max_age``: a batch goes when it is full
       by count or by compact-JSON body size, or when its oldest event has waited ``batch_max_age``.
+    - ``max_in_flight``: requests this process may have waiting for Polar at once (default 2), one
+      sender thread each. While one waits for its answer the next batch is claimed and sent, so
+      the time between requests stays off the critical path. ``1`` sends strictly one after another.
+      The rate limit below binds them all together.
     - ``environment`` and ``rate_limit_per_minute`` / ``rate_limit_burst``: a token bucket shared
       by every process on the outbox file. The default rate is 80% of Polar's limit for the
       environment (§5.1); rate + burst may not exceed it. ``environment=None`` (the emulator, a
@@ -92,6 +96,7 @@ class DeliveryConfig:
     batch_max_events: int = 1000
     batch_max_bytes: int = 1 * MiB
     batch_max_age: float = 1.0
+    max_in_flight: int = 2
     environment: Literal["production", "sandbox"] | None = "production"
     rate_limit_per_minute: float | None = None
     rate_limit_burst: int = 10
@@ -121,6 +126,7 @@ class DeliveryConfig:
         _integer("batch_max_events", self.batch_max_events, low=1, high=MAX_BATCH_EVENTS)
         _integer("batch_max_bytes", self.batch_max_bytes, low=1024, high=MAX_BATCH_BYTES)
         _number("batch_max_age", self.batch_max_age, low=0.0, high=3600.0)
+        _integer("max_in_flight", self.max_in_flight, low=1, high=16)
         _integer("rate_limit_burst", self.rate_limit_burst, low=1, high=1000)
         if self.environment is None:
             if self.rate_limit_per_minute is None:

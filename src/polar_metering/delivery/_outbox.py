@@ -166,8 +166,9 @@ class Outbox:
         self._setup_process()
         self._writer_store()
         _LIVE.add(self)
-        if self._sender is not None and background:
-            self._sender.start()
+        if background:
+            for sender in self._senders:
+                sender.start()
 
     def _setup_process(self) -> None:
         """Everything that belongs to one process: threads, locks, connections, buffer, lease owner."""
@@ -195,22 +196,29 @@ class Outbox:
         self._full = False
         self._disk_error: str | None = None
         self._refusal: str | None = "the outbox is closed" if self._closed else None
-        self._sender: Sender | None = None
-        if self._transport is not None:
-            self._sender = Sender(
+        # max_in_flight senders, each a thread with its own connection and lease owner, claiming
+        # from the file as senders in separate processes do: while one waits for Polar's answer,
+        # another claims and sends the next batch. Without threads one sender is driven by hand.
+        transport = self._transport
+        lanes = 0 if transport is None else self.config.max_in_flight if self._background else 1
+        self._senders: list[Sender] = [
+            Sender(
                 self.config,
-                self._transport,
-                owner=self._owner,
+                transport,  # type: ignore[arg-type]  # lanes is 0 without one
+                owner=f"{self._owner}-{lane}",
                 clock=self._clock,
                 rand=self._rand,
-                counters=self._counters,
+                counters=Counters(),
                 on_progress=self._on_progress,
             )
+            for lane in range(lanes)
+        ]
+        self._sender: Sender | None = self._senders[0] if self._senders else None
 
     def _after_fork(self) -> None:
         _INHERITED.append(self._store)
-        if self._sender is not None:
-            _INHERITED.append(self._sender.abandon())
+        for sender in self._senders:
+            _INHERITED.append(sender.abandon())
         self._setup_process()
 
     # -- accepting events -------------------------------------------------------------------------
@@ -317,8 +325,8 @@ class Outbox:
         else:
             self._measured_at = now
             self._set_usage(used)
-        if self._sender is not None:
-            self._sender.notify_committed(count)
+        for sender in self._senders:
+            sender.notify_committed(count)
         return count
 
     def _restore(self, items: list[tuple[str, bytes]]) -> None:
@@ -346,8 +354,8 @@ class Outbox:
                     target=self._write_loop, name="polar-metering-writer", daemon=True
                 )
                 self._writer.start()
-                if self._sender is not None:
-                    self._sender.start()  # lazily, e.g. in a forked child
+                for sender in self._senders:
+                    sender.start()  # lazily, e.g. in a forked child
 
     def _write_loop(self) -> None:
         failures = 0
@@ -475,8 +483,7 @@ class Outbox:
 
     def _wait_for(self, ranges: list[tuple[int, int]], deadline: float) -> bool:
         """Wait until no row in ``ranges`` is left in the outbox (delivered or dead-lettered)."""
-        sender = self._sender
-        if sender is not None:
+        for sender in self._senders:
             if self._background and not self._closed:
                 sender.start()
             sender.request_flush()
@@ -500,7 +507,7 @@ class Outbox:
                     # Other processes' senders do not notify us: poll as well.
                     self._progress.wait(min(left, 0.05))
         finally:
-            if sender is not None:
+            for sender in self._senders:
                 sender.end_flush()
 
     def _forget(self, delivered: list[tuple[int, int]]) -> None:
@@ -554,9 +561,9 @@ class Outbox:
                 log.error("close could not read the outbox: %s", exc)
                 last = 0
             delivered = self._wait_for([(0, last)], deadline)
-        if self._sender is not None:
-            self._sender.stop(max(0.0, deadline - time.monotonic()))
-            self._sender.close_store()
+        for sender in self._senders:
+            sender.stop(max(0.0, deadline - time.monotonic()))
+            sender.close_store()
         if not delivered:
             log.warning(
                 "outbox %s closed with events not yet delivered; the next process to open it sends them",
@@ -583,12 +590,13 @@ class Outbox:
     # -- operators ------------------------------------------------------------------------------------
     @property
     def sender(self) -> Sender | None:
-        """The sender (``None`` without a transport); ``sender.step()`` drives it by hand."""
+        """The first sender (``None`` without a transport); ``sender.step()`` drives it by hand.
+        An outbox made with ``background=False`` has exactly one."""
         return self._sender
 
     def metrics(self) -> DeliveryMetrics:
         """Counters for this process: committed, sent, duplicates, retries, dead-lettered, commit lag."""
-        return self._counters.snapshot(list(self._lags))
+        return self._counters.snapshot(list(self._lags), [sender.counters for sender in self._senders])
 
     def status(self) -> OutboxStatus:
         """Counts and sizes of the outbox file (scans it; for operators, not the request path)."""
@@ -637,8 +645,9 @@ class Outbox:
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ValidationError(f"ids[{i}]", "must be an integer dead-letter id", value)
         moved = self._open_store().retry_dead(ids)
-        if moved and self._sender is not None:
-            self._sender.notify_committed(moved)
+        if moved:
+            for sender in self._senders:
+                sender.notify_committed(moved)
         return moved
 
     def __enter__(self) -> Outbox:
@@ -654,7 +663,7 @@ class Outbox:
 
 def _before_fork() -> None:
     for outbox in list(_LIVE):
-        stores = [outbox._store, outbox._sender._store if outbox._sender is not None else None]
+        stores = [outbox._store, *(sender._store for sender in outbox._senders)]
         for store in stores:
             if store is not None and store.lock.acquire(timeout=outbox.config.busy_timeout + 1.0):
                 _HELD_FOR_FORK.append(store.lock)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from polar_metering._clock import Clock
 from polar_metering._exceptions import RateLimited, RemoteValidationError, redact
-from polar_metering.delivery._codec import loads as _loads
 from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._policy import (
     Failure,
@@ -49,7 +49,8 @@ class Transport(Protocol):
 
     ``events`` are ``EventCreateExternalCustomer`` dicts (``Event.to_polar()``), at most
     ``batch_max_events`` of them and at most ``batch_max_bytes`` as compact JSON. Called from the
-    sender thread only, one call at a time. Failures are raised as the library's exceptions:
+    sender threads, up to ``max_in_flight`` calls at once (each with its own batch), so it must be
+    thread-safe. Failures are raised as the library's exceptions:
 
     - :class:`RateLimited` for 429, with ``retry_after`` from the header (§5.1);
     - :class:`BackendUnavailable` for 5xx, network errors and timeouts;
@@ -90,7 +91,8 @@ class DeliveryMetrics:
 
 
 class Counters:
-    """Mutable counters; each is written by one thread only (writer or sender)."""
+    """Mutable counters, each object written by one thread only (the writer or one sender); the
+    snapshot adds them up."""
 
     __slots__ = (
         "auth_failures",
@@ -99,6 +101,7 @@ class Counters:
         "dead_lettered",
         "duplicates",
         "last_error",
+        "last_error_at",
         "rate_limited",
         "retries",
         "sent",
@@ -108,23 +111,32 @@ class Counters:
         self.committed = self.sent = self.duplicates = self.batches = 0
         self.retries = self.rate_limited = self.auth_failures = self.dead_lettered = 0
         self.last_error: str | None = None
+        self.last_error_at = -math.inf
 
-    def snapshot(self, lags: list[float]) -> DeliveryMetrics:
+    def error(self, text: str) -> None:
+        self.last_error, self.last_error_at = text, time.monotonic()
+
+    def snapshot(self, lags: list[float], others: list[Counters]) -> DeliveryMetrics:
         lags = sorted(lags)
+        parts = [self, *others]
+        latest = max(parts, key=lambda part: part.last_error_at)
+
+        def total(name: str) -> int:
+            return sum(int(getattr(part, name)) for part in parts)
 
         def pick(q: float) -> float | None:
             return lags[min(len(lags) - 1, math.ceil(q * len(lags)) - 1)] if lags else None
 
         return DeliveryMetrics(
-            self.committed,
-            self.sent,
-            self.duplicates,
-            self.batches,
-            self.retries,
-            self.rate_limited,
-            self.auth_failures,
-            self.dead_lettered,
-            self.last_error,
+            total("committed"),
+            total("sent"),
+            total("duplicates"),
+            total("batches"),
+            total("retries"),
+            total("rate_limited"),
+            total("auth_failures"),
+            total("dead_lettered"),
+            latest.last_error,
             pick(0.5),
             pick(0.99),
             pick(1.0),
@@ -195,7 +207,7 @@ class Sender:
         return 0.0
 
     def _deliver(self, store: Store, rows: list[Row], now: float) -> None:
-        events = [_loads(row.payload) for row in rows]
+        events = [row.event for row in rows]
         try:
             result = self._transport.send(events)
         except Exception as exc:
@@ -216,7 +228,7 @@ class Sender:
         cfg = self._cfg
         kind = classify(exc)
         error = redact(f"{type(exc).__name__}: {exc}")
-        self._counters.last_error = error
+        self._counters.error(error)
         strikes = [row.strikes for row in rows]
         if kind is Failure.REJECTED:
             assert isinstance(exc, RemoteValidationError)
@@ -305,6 +317,10 @@ class Sender:
                 self._cfg.file, busy_timeout=self._cfg.busy_timeout, synchronous=self._cfg.synchronous
             )
         return self._store
+
+    @property
+    def counters(self) -> Counters:
+        return self._counters
 
     def notify_committed(self, count: int) -> None:
         """Called by the writer after a commit: wake the sender when a batch may now be due."""
