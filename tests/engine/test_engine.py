@@ -4,6 +4,7 @@ and rollups that always equal a fresh aggregation of the raw events."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,82 @@ def test_no_rollover_by_default(client: Metering, clock: ManualClock) -> None:
     client.track_ai_tokens("c7", 1)
     clock.advance(days=31)
     assert client.check_limit("c7", "ai_tokens").limit == 1000
+
+
+def _grant(client: Metering, customer: str, units: float, *, rollover: bool) -> None:
+    client.backend.grant_credits(customer, "ai_tokens", units, rollover=rollover)  # type: ignore[attr-defined]
+
+
+def test_only_rollover_flagged_credit_carries_over(client: Metering, clock: ManualClock) -> None:
+    """The flag is per credit (§4.2): a plain grant on a rollover plan does not carry, a flagged
+    grant on a plain plan does, and unflagged credit is used up first."""
+    client.subscribe("r1", "roll")  # 100, flagged
+    _grant(client, "r1", 50, rollover=False)
+    assert client.check_limit("r1", "ai_tokens").limit == 150
+    client.subscribe("r2", "free")  # 1000, not flagged
+    _grant(client, "r2", 50, rollover=True)
+    client.subscribe("r3", "free")
+    _grant(client, "r3", 50, rollover=True)
+    client.track_ai_tokens("r3", 1020)  # 1000 unflagged go first, then 20 of the flagged 50
+    clock.advance(days=31)
+    assert client.check_limit("r1", "ai_tokens").limit == 200  # min(150 - 0, 100) rolls: 100 + 100
+    assert client.check_limit("r2", "ai_tokens").limit == 1050  # min(1050 - 0, 50) rolls
+    assert client.check_limit("r3", "ai_tokens").limit == 1030  # min(1050 - 1020, 50) rolls
+
+
+def test_carried_credit_stays_flagged_and_revoking_a_flagged_grant_unflags_it(
+    client: Metering, clock: ManualClock
+) -> None:
+    """What rolls over arrives flagged, so unused it keeps rolling; a flagged grant revoked in the
+    same window leaves nothing to carry."""
+    client.subscribe("r4", "free")
+    _grant(client, "r4", 50, rollover=True)
+    client.subscribe("r5", "free")
+    _grant(client, "r5", 50, rollover=True)
+    _grant(client, "r5", -50, rollover=True)
+    clock.advance(days=31 + 28 + 31)  # three boundaries, nothing used
+    assert client.check_limit("r4", "ai_tokens").limit == 1050
+    assert client.check_limit("r5", "ai_tokens").limit == 1000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    windows=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, 300), st.booleans()), max_size=3),  # grants: units, flag
+            st.integers(0, 1500),  # tokens used
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    plan_rolls=st.booleans(),
+)
+def test_credit_matches_polars_rollover_formula(
+    tmp_path: Path, windows: list[tuple[list[tuple[int, bool]], int]], plan_rolls: bool
+) -> None:
+    """Against a direct model of §4.2 over several windows: each window starts with the plan's 1000
+    (flagged when the plan rolls over) plus max(0, min(int(NR + R - U), R)) of the window before,
+    that carry flagged; grants add to NR or R."""
+    clock = ManualClock(datetime(2026, 1, 15, 12, tzinfo=UTC))
+    plan = Plan("p", credits={"ai_tokens": 1000}, rollover=plan_rolls)
+    # tmp_path outlives the examples hypothesis runs: a fresh file for each.
+    client = Metering(f"sqlite:///{tmp_path / f'model-{uuid.uuid4().hex}.db'}", plans=[plan], clock=clock)
+    try:
+        client.subscribe("m", "p")
+        plain, flagged = (0.0, 1000.0) if plan_rolls else (1000.0, 0.0)
+        for grants, used in windows:
+            for units, flag in grants:
+                _grant(client, "m", units, rollover=flag)
+                plain, flagged = (plain, flagged + units) if flag else (plain + units, flagged)
+            assert client.check_limit("m", "ai_tokens").limit == plain + flagged
+            if used:
+                client.track_ai_tokens("m", used)
+            carry = max(0, min(int(plain + flagged - used), flagged))
+            plain, flagged = (0.0, 1000.0 + carry) if plan_rolls else (1000.0, float(carry))
+            clock.advance(days=31)
+        assert client.check_limit("m", "ai_tokens").limit == plain + flagged
+    finally:
+        client.close()
 
 
 def test_yearly_plan(client: Metering, clock: ManualClock) -> None:

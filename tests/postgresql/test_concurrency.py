@@ -18,7 +18,7 @@ from polar_metering import Catalog, Metering, Plan, UsageLimitExceeded
 from polar_metering._events import Event
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.backend import LocalEngine
-from polar_metering.backends._engine.migrations import VERSION_TABLE, current_version
+from polar_metering.backends._engine.migrations import VERSION_TABLE, current_version, revision_id
 
 WORKERS = 4
 EVENTS = 10_000  # tracked per worker
@@ -211,7 +211,7 @@ def test_processes_opening_a_fresh_database_at_once_create_it_once(engine_url: s
             stamps = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars().all()
         assert slugs == sorted(m.slug for m in Catalog().meters)
         assert plans == ["pg-race"]
-        assert stamps == ["0001"]
+        assert stamps == [revision_id(t.SCHEMA_VERSION)]
     finally:
         engine.close()
 

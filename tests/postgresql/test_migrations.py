@@ -14,9 +14,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import inspect, select
 
-from polar_metering import Catalog, ConfigurationError
+from polar_metering import Catalog, ConfigurationError, ManualClock, Plan
 from polar_metering._events import Event
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.backend import LocalEngine
@@ -33,14 +33,15 @@ from polar_metering.backends._engine.migrations import (
 API = Catalog().meter("api_requests")
 SEATS = Catalog().meter("team_seats")
 
-V2 = '''
-"""Test-only schema version 2: a nullable note on events and an index on it."""
+NEXT = t.SCHEMA_VERSION + 1
+FUTURE = f'''
+"""Test-only schema version {NEXT}: a nullable note on events and an index on it."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{revision_id(NEXT)}"
+down_revision = "{revision_id(t.SCHEMA_VERSION)}"
 branch_labels = None
 depends_on = None
 
@@ -49,7 +50,7 @@ def upgrade() -> None:
     with op.batch_alter_table("pm_events") as batch:
         batch.add_column(sa.Column("note", sa.Text(), nullable=True))
     op.create_index("ix_pm_events_note", "pm_events", ["note"])
-    op.execute("UPDATE pm_info SET value = '2' WHERE key = 'schema_version'")
+    op.execute("UPDATE pm_info SET value = '{NEXT}' WHERE key = 'schema_version'")
 '''
 
 
@@ -66,11 +67,30 @@ def _stamp(db: Database) -> list[str]:
         return list(conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars())
 
 
-def _scripts_with_v2(tmp_path: Path) -> Path:
+def _scripts_with_next(tmp_path: Path) -> Path:
     scripts = tmp_path / "scripts"
     shutil.copytree(SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "v0002_note.py").write_text(textwrap.dedent(V2))
+    (scripts / "versions" / f"v{revision_id(NEXT)}_note.py").write_text(textwrap.dedent(FUTURE))
     return scripts
+
+
+def _columns(db: Database, table: str) -> set[str]:
+    return {c["name"] for c in inspect(db.engine).get_columns(table)}
+
+
+def _as_version_1(url: str, *, stamped: bool) -> None:
+    """Turn a current database into what version 1 of the engine left behind, data included: the
+    columns later versions added are dropped, and the version (and Alembic's stamp, or with
+    ``stamped=False`` its whole table, as before migrations existed) says 1."""
+    db = Database(url)
+    with db.write() as conn:
+        conn.exec_driver_sql("ALTER TABLE pm_usage DROP COLUMN credited_rollover")
+        conn.exec_driver_sql("UPDATE pm_info SET value = '1' WHERE key = 'schema_version'")
+        if stamped:
+            conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0001'")
+        else:
+            conn.exec_driver_sql(f"DROP TABLE {VERSION_TABLE}")
+    db.dispose()
 
 
 def _track(engine: LocalEngine, n: int) -> None:
@@ -83,11 +103,25 @@ def _track(engine: LocalEngine, n: int) -> None:
 
 def _create_pre_alembic_v1(url: str) -> None:
     """A version-1 database as the engine built them before migrations: tables and ``pm_info`` only."""
-    db = Database(url)
-    with db.write() as conn:
-        t.metadata.create_all(conn)
-        conn.execute(insert(t.info).values(key="schema_version", value="1"))
-    db.dispose()
+    LocalEngine.open(url).close()
+    _as_version_1(url, stamped=False)
+
+
+def test_version_1_as_these_tests_build_it_is_what_migration_0001_builds(tmp_path: Path) -> None:
+    """The helper above really yields the version-1 schema: the same columns as the 0001 migration."""
+    reference = Database(f"sqlite:///{tmp_path / 'v1.db'}")
+    Migrations(head=1).upgrade(reference)
+    built = f"sqlite:///{tmp_path / 'built.db'}"
+    _create_pre_alembic_v1(built)
+    db = Database(built)
+    try:
+        assert current_version(reference) == current_version(db) == 1
+        for table in inspect(reference.engine).get_table_names():
+            if table != VERSION_TABLE:
+                assert _columns(db, table) == _columns(reference, table), table
+    finally:
+        db.dispose()
+        reference.dispose()
 
 
 def test_the_head_revision_is_the_schema_version() -> None:
@@ -120,46 +154,85 @@ def test_the_migrations_build_schema_py_on_sqlite_too(tmp_path: Path) -> None:
     try:
         scripts = tmp_path / "copy"
         shutil.copytree(SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-        assert Migrations(scripts=scripts).upgrade(db) == 1
-        assert _stamp(db) == ["0001"]
-        assert current_version(db) == 1
+        assert Migrations(scripts=scripts).upgrade(db) == t.SCHEMA_VERSION
+        assert _stamp(db) == [revision_id(t.SCHEMA_VERSION)]
+        assert current_version(db) == t.SCHEMA_VERSION
         assert _diffs(db) == []
     finally:
         db.dispose()
 
 
-def test_a_database_from_before_migrations_is_stamped_and_keeps_its_data(engine_url: str) -> None:
-    """A version-1 database without Alembic's table opens as it is: stamped at 0001, events and rollups
-    untouched."""
-    _create_pre_alembic_v1(engine_url)
-    engine = LocalEngine.open(engine_url, create_schema=False)
+def test_a_version_1_database_from_before_migrations_is_upgraded_and_keeps_its_data(engine_url: str) -> None:
+    """A version-1 database with data and no Alembic table is stamped at 0001 and upgraded to the
+    head: events and rollups untouched, the new column in place and empty, the result exactly
+    ``schema.py``."""
+    engine = LocalEngine.open(engine_url)
     _track(engine, 25)
     engine.close()
+    _as_version_1(engine_url, stamped=False)
     db = Database(engine_url)
     assert not inspect(db.engine).has_table(VERSION_TABLE)
+    assert "credited_rollover" not in _columns(db, "pm_usage")
     db.dispose()
 
     engine = LocalEngine.open(engine_url)
     try:
-        assert _stamp(engine.db) == ["0001"]
+        assert _stamp(engine.db) == [revision_id(t.SCHEMA_VERSION)]
+        assert current_version(engine.db) == t.SCHEMA_VERSION
+        assert _diffs(engine.db) == []
         assert engine.reading("acme", API).consumed == 25
         assert engine.reading("acme", SEATS).consumed == 3
+        with engine.db.read() as conn:
+            assert set(conn.execute(select(t.usage.c.credited_rollover)).scalars()) == {None}
+    finally:
+        engine.close()
+
+
+def test_version_1_credits_keep_their_meaning_after_the_upgrade(engine_url: str) -> None:
+    """Rows written by version 1 record no flagged part; read as version 1 meant them, a rollover
+    plan's credit carries over whole and a plain plan's not at all. New windows then record it."""
+    clock = ManualClock("2026-01-15T12:00:00+00:00")
+    plans = [
+        Plan("roll", credits={"ai_tokens": 100}, rollover=True),
+        Plan("plain", credits={"ai_tokens": 100}),
+    ]
+    engine = LocalEngine.open(engine_url, clock=clock)
+    now = clock.now()
+    for customer, plan in (("rolls", plans[0]), ("stays", plans[1])):
+        engine.subscribe(customer, plan)
+        engine.ingest([Event(customer, "ai.tokens", {"tokens": 30}, now, f"{customer}-1")])
+    engine.close()
+    _as_version_1(engine_url, stamped=True)
+
+    clock.advance(days=31)
+    engine = LocalEngine.open(engine_url, clock=clock)
+    try:
+        tokens = engine.catalog.meter("ai_tokens")
+        assert engine.reading("rolls", tokens).credited == 170  # 100 new + 70 carried
+        assert engine.reading("stays", tokens).credited == 100
+        engine.ingest([Event("rolls", "ai.tokens", {"tokens": 1}, clock.now(), "rolls-2")])
+        with engine.db.read() as conn:
+            credited_rows = select(t.usage.c.credited_rollover).where(
+                t.usage.c.customer == "rolls", t.usage.c.credited.is_not(None)
+            )
+            flagged = conn.execute(credited_rows.order_by(t.usage.c.window_us)).scalars().all()
+        assert flagged == [None, 170]
     finally:
         engine.close()
 
 
 def test_an_older_database_is_upgraded_in_place(engine_url: str, tmp_path: Path) -> None:
-    """With a version-2 migration available, a version-1 database holding data is upgraded: the new
+    """With a next-version migration available, a current database holding data is upgraded: the new
     column and index exist, every event and rollup is kept, and upgrading again changes nothing."""
     engine = LocalEngine.open(engine_url)
     _track(engine, 40)
     engine.close()
-    scripts = _scripts_with_v2(tmp_path)
+    scripts = _scripts_with_next(tmp_path)
     db = Database(engine_url)
     try:
-        assert Migrations(scripts=scripts, head=2).upgrade(db) == 2
-        assert current_version(db) == 2
-        assert _stamp(db) == ["0002"]
+        assert Migrations(scripts=scripts, head=NEXT).upgrade(db) == NEXT
+        assert current_version(db) == NEXT
+        assert _stamp(db) == [revision_id(NEXT)]
         insp = inspect(db.engine)
         assert "note" in {c["name"] for c in insp.get_columns("pm_events")}
         assert "ix_pm_events_note" in {i["name"] for i in insp.get_indexes("pm_events")}
@@ -167,8 +240,8 @@ def test_an_older_database_is_upgraded_in_place(engine_url: str, tmp_path: Path)
             ids = set(conn.execute(select(t.events.c.external_id)).scalars())
         assert ids == {f"ev-{i}" for i in range(40)} | {f"seat-{i}" for i in range(6)}
 
-        assert Migrations(scripts=scripts, head=2).upgrade(db) == 2
-        assert _stamp(db) == ["0002"]
+        assert Migrations(scripts=scripts, head=NEXT).upgrade(db) == NEXT
+        assert _stamp(db) == [revision_id(NEXT)]
     finally:
         db.dispose()
 
@@ -187,15 +260,15 @@ def test_a_newer_database_is_refused_and_left_alone(engine_url: str, tmp_path: P
     engine = LocalEngine.open(engine_url)
     engine.close()
     db = Database(engine_url)
-    Migrations(scripts=_scripts_with_v2(tmp_path), head=2).upgrade(db)
+    Migrations(scripts=_scripts_with_next(tmp_path), head=NEXT).upgrade(db)
     db.dispose()
 
-    with pytest.raises(ConfigurationError, match=r"schema version 2, newer .* upgrade polar-metering"):
+    with pytest.raises(ConfigurationError, match=rf"schema version {NEXT}, newer .* upgrade polar-metering"):
         LocalEngine.open(engine_url)
     db = Database(engine_url)
     try:
-        assert current_version(db) == 2
-        assert _stamp(db) == ["0002"]
+        assert current_version(db) == NEXT
+        assert _stamp(db) == [revision_id(NEXT)]
     finally:
         db.dispose()
 
@@ -234,52 +307,51 @@ def test_the_applications_own_tables_and_alembic_history_are_untouched(engine_ur
                 "app_head_123"
             ]
             assert conn.exec_driver_sql("SELECT total FROM orders").scalars().all() == [99]
-        assert _stamp(engine.db) == ["0001"]
+        assert _stamp(engine.db) == [revision_id(t.SCHEMA_VERSION)]
         assert _diffs(engine.db) == []
     finally:
         engine.close()
 
 
 def test_sqlite_needs_no_alembic_until_a_migration_runs(tmp_path: Path) -> None:
-    """A core install (no Alembic) creates, reopens and stamps SQLite files; Alembic is not even
-    imported. Only a real upgrade asks for it, by name."""
+    """Without Alembic importable, SQLite files are created, reopened, and stamped when current but
+    unstamped; Alembic is not even imported. Only a real upgrade asks for it, by name."""
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    unstamped = f"sqlite:///{tmp_path / 'unstamped.db'}"
     old = f"sqlite:///{tmp_path / 'old.db'}"
+    LocalEngine.open(unstamped).close()
+    db = Database(unstamped)
+    with db.write() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {VERSION_TABLE}")
+    db.dispose()
     _create_pre_alembic_v1(old)
     code = textwrap.dedent(
         f"""
         import sys
         sys.modules["alembic"] = None  # importing it now fails, as when it is not installed
+        from polar_metering import ConfigurationError
         from polar_metering.backends._engine.backend import LocalEngine
         LocalEngine.open({fresh!r}).close()
         LocalEngine.open({fresh!r}).close()
-        LocalEngine.open({old!r}).close()
+        LocalEngine.open({unstamped!r}).close()
         print("ok")
+        try:
+            LocalEngine.open({old!r})
+        except ConfigurationError as e:
+            print(e)
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
-    assert out.stdout.strip() == "ok", out.stderr
-    for url in (fresh, old):
+    first, _, rest = out.stdout.partition("\n")
+    assert first == "ok", out.stderr
+    assert "at schema version 1 and needs migrating" in rest, out.stderr
+    assert "takes Alembic: pip install alembic" in rest, out.stderr
+    for url in (fresh, unstamped):
         db = Database(url)
-        assert _stamp(db) == ["0001"]
+        assert _stamp(db) == [revision_id(t.SCHEMA_VERSION)]
         db.dispose()
-
-    scripts = _scripts_with_v2(tmp_path)
-    code = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        sys.modules["alembic"] = None
-        from polar_metering import ConfigurationError
-        from polar_metering.backends._engine.dialect import Database
-        from polar_metering.backends._engine.migrations import Migrations
-        try:
-            Migrations(scripts=Path({str(scripts)!r}), head=2).upgrade(Database({old!r}))
-        except ConfigurationError as e:
-            print(e)
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "takes Alembic: pip install alembic" in out.stdout, out.stderr
+    db = Database(old)
+    assert current_version(db) == 1  # the refusal changed nothing
+    db.dispose()

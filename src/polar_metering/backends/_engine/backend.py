@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -88,6 +88,31 @@ class Window:
     start_us: int
     end_us: int | None
     plan: Plan | None
+
+
+class Credit(NamedTuple):
+    """A window's credit: ``units`` in all (Polar's NR + R), ``rollover`` the flagged part (R, §4.2)."""
+
+    units: float
+    rollover: float
+
+    def columns(self) -> dict[str, float]:
+        return {"credited": self.units, "credited_rollover": self.rollover}
+
+
+_NO_CREDIT: Final[dict[str, None]] = {"credited": None, "credited_rollover": None}
+
+
+def _credit_columns(credit: Credit | None) -> dict[str, float] | dict[str, None]:
+    return _NO_CREDIT if credit is None else credit.columns()
+
+
+def flagged_credit(row: Any, plan: Plan | None) -> float:
+    """The rollover-flagged part of a rollup row's credit. Rows from before schema 2 have none
+    recorded; then, as the engine then treated them, a rollover plan's credit was flagged whole."""
+    if row.credited_rollover is not None:
+        return float(row.credited_rollover)
+    return float(row.credited or 0.0) if plan is not None and plan.rollover else 0.0
 
 
 @dataclass(slots=True)
@@ -282,14 +307,16 @@ class LocalEngine(PolarSurface, Backend):
 
     def _initial_credit(
         self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
-    ) -> float | None:
-        """Credit at the start of a window: the plan's units plus rollover from earlier windows (§4.2)."""
+    ) -> Credit | None:
+        """Credit at the start of a window: the plan's units plus what rolls over from the window
+        before (§4.2). ``None``: the plan grants nothing for this meter, so it has no limit."""
         plan = window.plan
         if plan is None or meter.slug is None or meter.slug not in plan.credits:
             return None
         base = float(plan.credits[meter.slug])
-        if not plan.rollover:
-            return base
+        # The plan's own grant is flagged as the plan says; what rolls over arrives flagged (Polar
+        # re-grants it as a rollover credit), so it can keep rolling while it goes unused.
+        fresh = base if plan.rollover else 0.0
         prev = conn.execute(
             select(t.usage)
             .where(
@@ -303,21 +330,21 @@ class LocalEngine(PolarSurface, Backend):
             .limit(1)
         ).first()
         if prev is None or prev.credited is None:
-            return base
-        # Polar: rollover = max(0, min(int(NR + R - U), R)); every credit of a rollover plan is
-        # rollover-flagged, so NR = 0 and R is the window's credit.
-        credited = float(prev.credited)
+            return Credit(base, fresh)
+        # Polar: rollover = max(0, min(int(NR + R - U), R)). Non-rollover credit is used up first;
+        # of what is left, only the flagged part carries over, truncated to whole units.
+        credited, flagged = float(prev.credited), flagged_credit(prev, plan)
         used = consumed_of(meter.func, RowState(prev.n, prev.total, prev.vmax, prev.vmin))
         end_us = prev.window_end_us
         while True:
-            rollover = max(0.0, min(float(int(credited - used)), credited))
+            rollover = max(0.0, min(float(int(credited - used)), flagged))
             if end_us is None or end_us >= window.start_us:
-                return base + rollover
-            # An idle window in between: nothing used, so its whole credit rolls on.
-            credited, used = base + rollover, 0.0
+                return Credit(base + rollover, fresh + rollover)
+            # An idle window in between: nothing used, so its flagged credit rolls on whole.
+            credited, flagged, used = base + rollover, fresh + rollover, 0.0
             nxt = self._window_at(conn, customer, end_us)
             if nxt.end_us is None or nxt.end_us <= end_us:
-                return base + rollover
+                return Credit(base + rollover, fresh + rollover)
             end_us = nxt.end_us
 
     def _usage_row(
@@ -346,7 +373,7 @@ class LocalEngine(PolarSurface, Backend):
                 total=0.0,
                 vmax=None,
                 vmin=None,
-                credited=self._initial_credit(conn, customer, meter, window),
+                **_credit_columns(self._initial_credit(conn, customer, meter, window)),
                 created_us=now,
                 modified_us=None,
             )
@@ -461,7 +488,7 @@ class LocalEngine(PolarSurface, Backend):
                         "total": 0.0,
                         "vmax": None,
                         "vmin": None,
-                        "credited": self._initial_credit(conn, c, self._meters[m], windows[c]),
+                        **_credit_columns(self._initial_credit(conn, c, self._meters[m], windows[c])),
                         "created_us": now_us,
                         "modified_us": None,
                     }
@@ -562,7 +589,8 @@ class LocalEngine(PolarSurface, Backend):
         ).one()
         n, total, vmax, vmin, credited, held_sum, held_max, exists = row
         if exists is None:
-            state, credited = RowState(), self._initial_credit(conn, customer, meter, window)
+            credit = self._initial_credit(conn, customer, meter, window)
+            state, credited = RowState(), None if credit is None else credit.units
         else:
             state = RowState(n, total, vmax, vmin)
         reserved = float(held_max if meter.func in ("max", "min") else held_sum)
@@ -661,13 +689,20 @@ class LocalEngine(PolarSurface, Backend):
             conn.execute(update(t.accounts).where(t.accounts.c.customer == key).values(reset_us=now_us))
 
     def grant_credits(self, customer_id: str, meter_id: str, units: float, *, rollover: bool = False) -> None:
-        """Add ``units`` (negative to revoke) to the current window's credit, clamped at 0 (§3.2)."""
+        """Add ``units`` (negative to revoke) to the current window's credit, clamped at 0 (§3.2).
+        ``rollover`` flags them: at the window's end the flagged part of what is left carries over
+        (§4.2); the rest does not."""
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
             meter = self._meters.get(meter_id) or self._meter_id(meter_id)
             window = self._window(conn, key, self.clock.now())
             row = self._usage_row(conn, key, meter, window, lock=True)
             credited = max(0.0, (row.credited or 0.0) + float(units))
+            flagged = flagged_credit(row, window.plan)
+            if rollover:
+                # Polar sums flagged and unflagged credit events apart (R and NR, §4.2); each is
+                # a running sum, clamped here at 0 like the total.
+                flagged = max(0.0, flagged + float(units))
             conn.execute(
                 update(t.usage)
                 .where(
@@ -677,7 +712,7 @@ class LocalEngine(PolarSurface, Backend):
                         t.usage.c.window_us == window.start_us,
                     )
                 )
-                .values(credited=credited, modified_us=to_us(self.clock.now()))
+                .values(credited=credited, credited_rollover=flagged, modified_us=to_us(self.clock.now()))
             )
 
     def _customer_key(self, conn: Connection, customer_id: str) -> str:
@@ -733,7 +768,9 @@ class LocalEngine(PolarSurface, Backend):
                     total=0.0,
                     vmax=None,
                     vmin=None,
-                    credited=self._initial_credit(conn, customer, m, window) if row is not None else None,
+                    **_credit_columns(
+                        self._initial_credit(conn, customer, m, window) if row is not None else None
+                    ),
                 )
             )
         deltas: dict[tuple[str, str], Delta] = {}

@@ -118,7 +118,12 @@ class Migrations:
             head = revision_id(self.head)
             if state.version == self.head and state.stamped == head:
                 return self.head
-            if state.version == 0 and db.is_sqlite and self.scripts == SCRIPTS:
+            if (
+                state.version == 0
+                and db.is_sqlite
+                and self.scripts == SCRIPTS
+                and self.head == t.SCHEMA_VERSION
+            ):
                 _create_fresh(conn, self.head)
                 return self.head
             if state.version == self.head:

@@ -33,7 +33,7 @@ from polar_metering.backends._engine.rollups import CompiledMeter, RowState, con
 
 if TYPE_CHECKING:
     from polar_metering._clock import Clock
-    from polar_metering.backends._engine.backend import Window
+    from polar_metering.backends._engine.backend import Credit, Window
     from polar_metering.backends._engine.dialect import Database
 
 __all__ = ["PolarSurface", "aggregate_values", "bucket_start", "series"]
@@ -139,7 +139,7 @@ class PolarSurface:
 
         def _initial_credit(
             self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
-        ) -> float | None: ...
+        ) -> Credit | None: ...
 
     # -- meters -----------------------------------------------------------------------------------
     def _meter_record(self, row: Any) -> MeterRecord:
@@ -395,7 +395,8 @@ class PolarSurface:
                         )
                     ).first()
                     if row is None:
-                        state, credited = RowState(), self._initial_credit(conn, key, compiled, window)
+                        initial = self._initial_credit(conn, key, compiled, window)
+                        state, credited = RowState(), None if initial is None else initial.units
                         created, modified = c.created_at, None
                     else:
                         state, credited = RowState(row.n, row.total, row.vmax, row.vmin), row.credited

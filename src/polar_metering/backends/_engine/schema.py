@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -110,6 +110,9 @@ usage = Table(
     Column("vmax", Float, nullable=True),
     Column("vmin", Float, nullable=True),
     Column("credited", Float, nullable=True),
+    # The rollover-flagged part of ``credited`` (Polar's R, §4.2), clamped at 0; NULL on rows written
+    # before schema 2, read as "all of it on a rollover plan, none otherwise" (what those rows meant).
+    Column("credited_rollover", Float, nullable=True),
     Column("created_us", BigInteger, nullable=False),
     Column("modified_us", BigInteger, nullable=True),
 )
