@@ -561,6 +561,8 @@ class Outbox:
                 log.error("close could not read the outbox: %s", exc)
                 last = 0
             delivered = self._wait_for([(0, last)], deadline)
+        for sender in self._senders:  # all at once: each may be in the middle of a request
+            sender.request_stop()
         for sender in self._senders:
             sender.stop(max(0.0, deadline - time.monotonic()))
             sender.close_store()

@@ -350,10 +350,14 @@ class Sender:
         self._thread = threading.Thread(target=self._run, name="polar-metering-sender", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float | None) -> bool:
-        """Stop after the current round; True when the thread ended within ``timeout``."""
+    def request_stop(self) -> None:
+        """Ask the thread to stop after the current round, without waiting for it."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self, timeout: float | None) -> bool:
+        """Stop after the current round; True when the thread ended within ``timeout``."""
+        self.request_stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
