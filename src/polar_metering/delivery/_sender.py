@@ -1,6 +1,7 @@
 """The transport contract and the background sender: claim a batch, send it, settle the outcome.
 
-One ``Sender`` per :class:`Outbox` per process. ``step`` does one claim-send-settle round and says
+An :class:`Outbox` runs ``max_in_flight`` senders per process, each a thread with its own connection
+and lease owner (one when driven by hand). ``step`` does one claim-send-settle round and says
 how long to wait; the thread around it only waits (on a ``threading.Event``, so stop and flush cut
 any backoff short). Tests drive ``step`` directly with a manual clock.
 """

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -96,15 +96,12 @@ class Credit(NamedTuple):
     units: float
     rollover: float
 
-    def columns(self) -> dict[str, float]:
-        return {"credited": self.units, "credited_rollover": self.rollover}
 
-
-_NO_CREDIT: Final[dict[str, None]] = {"credited": None, "credited_rollover": None}
-
-
-def _credit_columns(credit: Credit | None) -> dict[str, float] | dict[str, None]:
-    return _NO_CREDIT if credit is None else credit.columns()
+def _credit_columns(credit: Credit | None) -> dict[str, float | None]:
+    """The rollup row's credit columns; both NULL when the plan grants nothing (no limit)."""
+    if credit is None:
+        return {"credited": None, "credited_rollover": None}
+    return {"credited": credit.units, "credited_rollover": credit.rollover}
 
 
 def flagged_credit(row: Any, plan: Plan | None) -> float:

@@ -69,7 +69,7 @@ class PolarBackend(Backend):
     """The ``polar://`` backend.
 
     - ``ingest`` hands events to the outbox (an in-memory append; a writer thread commits them to the
-      outbox file and a sender thread delivers them with ``events.ingest``), so tracking never waits
+      outbox file and sender threads deliver them with ``events.ingest``), so tracking never waits
       on the network. ``IngestResult.inserted`` counts events accepted into the outbox; Polar's own
       duplicate count arrives later, at delivery (see ``outbox.metrics()``).
     - ``reading`` returns the customer's Polar customer meter for the catalog meter (matched by

@@ -14,8 +14,8 @@ __all__ = ["SdkTransport"]
 class SdkTransport:
     """Sends batches with ``polar-sdk``; SDK errors leave as the library's (see ``polar_errors``).
 
-    The SDK client (and its connection pool) is created on first use, on the sender's thread, and
-    reused for every batch after.
+    The SDK client (and its connection pool) is created on first use and shared by every sender
+    thread after; httpx's client is thread-safe, as the transport contract requires.
     """
 
     def __init__(self, settings: PolarSettings) -> None:
