@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -288,4 +289,79 @@ def test_durable_commits_keep_the_wal_bounded(tmp_path: Path) -> None:
     wal = Path(f"{path}-wal").stat().st_size
     assert wal < 8 * 1024 * 1024, f"the WAL grew to {wal} bytes"
     assert len(rows(path)) == 10_000
+    outbox.close()
+
+
+def test_concurrent_durable_callers_share_commits_and_each_returns_on_disk(tmp_path: Path) -> None:
+    """Eight threads enqueue at once: each call returns only once its own event is in the file, and
+    callers of one moment share a commit (fewer commits than events)."""
+    import threading
+
+    path = tmp_path / "o.db"
+    outbox = Outbox(fast_config(path))
+    commits: list[int] = []
+    inner = outbox._commit_locked
+
+    def counting(extra: Any = ()) -> int:
+        count = inner(extra)
+        commits.append(count)
+        return count
+
+    outbox._commit_locked = counting  # type: ignore[method-assign]
+    missing: list[str] = []
+
+    def worker(n: int) -> None:
+        reader = sqlite3.connect(str(path))
+        try:
+            for event in make_events(300, prefix=f"t{n}"):
+                outbox.enqueue([event])
+                row = reader.execute(
+                    "SELECT 1 FROM outbox WHERE external_id = ?", (event.external_id,)
+                ).fetchone()
+                if row is None:
+                    missing.append(event.external_id)
+        finally:
+            reader.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert missing == []
+    assert sum(commits) == 2400 == len(rows(path))
+    assert len(commits) < 2400, "no commit was shared"
+    outbox.close()
+
+
+def test_a_failed_durable_commit_fails_every_caller_and_stores_none_of_them(tmp_path: Path) -> None:
+    """While another connection holds the write lock, durable callers get OutboxError, and their
+    events are not written later behind their backs: what was refused stays refused."""
+    import threading
+
+    path = tmp_path / "o.db"
+    outbox = Outbox(fast_config(path, busy_timeout=0.05))
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    outcomes: dict[str, bool] = {}
+
+    def worker(n: int) -> None:
+        for event in make_events(5, prefix=f"b{n}"):
+            try:
+                outbox.enqueue([event])
+                outcomes[event.external_id] = True
+            except OutboxError:
+                outcomes[event.external_id] = False
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert outcomes and not any(outcomes.values())
+    outbox.enqueue(make_events(1, prefix="after"))  # a lock timeout does not mark the store failed
+    time.sleep(0.2)
+    assert [r[1] for r in rows(path)] == ["after-0"]
     outbox.close()

@@ -24,6 +24,7 @@ events).
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import json
 import logging
@@ -109,20 +110,24 @@ def _timeout(name: str, value: object) -> float:
 
 
 class _Group:
-    """The callers whose events one durable commit writes. ``error`` is set when that commit failed;
-    ``done`` once it was tried. Only touched under the outbox's locks."""
+    """The callers whose events one durable commit writes. The first to join leads: it waits for
+    the write lock, closes the group and commits it. Each of the others waits on a lock of its own,
+    taken before it joined, which the leader releases when the commit is done (the cheapest wake-up
+    CPython has). ``error`` is set when the commit failed. Fields change only under the outbox's
+    group lock."""
 
-    __slots__ = ("done", "error", "rows")
+    __slots__ = ("error", "led", "rows", "waiters")
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, bytes]] = []
-        self.done = False
+        self.led = False
         self.error: OutboxError | None = None
+        self.waiters: list[Any] = []
 
 
 # Commits between checkpoints (each commit adds at least a 4 KiB page to the WAL), and the size the
 # WAL is cut back to once it can be reused from the start.
-_CHECKPOINT_COMMITS = 256
+_CHECKPOINT_COMMITS = 1000
 _WAL_SIZE_LIMIT = 16 * 1024 * 1024
 # A refusing store is tried again at most this often (seconds), so calls succeed again soon after
 # the disk has room or the file is writable again, without every call paying for a failed write.
@@ -290,9 +295,9 @@ class Outbox:
         self._buffer.extend(rows)
         if was_empty:
             self._first_at = time.perf_counter()
+        if self._writer is None:
+            self._start_writer()
         if not self._wake.is_set():
-            if self._writer is None:
-                self._start_writer()
             self._wake.set()
         if self._closed:  # close() raced us: make sure these are written or reported
             with self._wlock:
@@ -301,21 +306,40 @@ class Outbox:
 
     def _commit_group(self, rows: list[tuple[str, bytes]]) -> None:
         """Commit ``rows`` before returning, sharing the commit with every caller that arrives
-        meanwhile; raise :class:`OutboxError` if the commit that held them failed."""
+        meanwhile; raise :class:`OutboxError` if the commit that held them failed.
+
+        While one group commits, the next fills up behind its leader, who waits for the write
+        lock; its followers sleep on locks of their own rather than queueing on the write lock, so
+        a finished commit wakes them all instead of handing a lock from one to the next."""
+        waiter = None
         with self._glock:
             group = self._group
             group.rows.extend(rows)
-        with self._wlock:
-            if not group.done:
-                # Lead: close the group (later callers open the next one) and write all of it.
-                with self._glock:
-                    self._group = _Group()
-                try:
+            lead = not group.led
+            if lead:
+                group.led = True
+            else:
+                waiter = _thread.allocate_lock()
+                waiter.acquire()
+                group.waiters.append(waiter)
+        if waiter is not None:
+            waiter.acquire()  # released by the leader once the group's commit is done
+        else:
+            try:
+                with self._wlock:
+                    with self._glock:
+                        self._group = _Group()  # from here on, callers join the next group
                     self._commit_locked(group.rows)
-                except OutboxError as exc:
-                    group.error = exc
-                finally:
-                    group.done = True
+            except Exception as exc:
+                group.error = (
+                    exc if isinstance(exc, OutboxError) else OutboxError(f"{type(exc).__name__}: {exc}")
+                )
+            finally:
+                with self._glock:
+                    if self._group is group:  # interrupted before closing it: never strand joiners
+                        self._group = _Group()
+                for follower in group.waiters:
+                    follower.release()
         if group.error is not None:
             raise OutboxError(str(group.error))
 
@@ -354,21 +378,19 @@ class Outbox:
         On failure the buffer's events go back to the buffer (the writer tries them again) and
         ``extra``, a durable group, is not written at all: its callers are told so."""
         first_at = self._first_at
-        # Clear before draining: an event appended after this sets the flag again and wakes the writer.
-        self._wake.clear()
         buffer = self._buffer
         items: list[tuple[str, bytes]] = []
-        try:
-            while True:
-                items.append(buffer.popleft())
-        except IndexError:
-            pass
-        if not items and not extra:
+        if buffer:
+            # Clear before draining: an event appended after this sets the flag again and wakes
+            # the writer. Only as many as are there now: others may be appending meanwhile.
+            self._wake.clear()
+            items = [buffer.popleft() for _ in range(len(buffer))]
+        elif not extra:
             return 0
-        if self._closed and self._finished:
+        if self._finished:
             self._restore(items)
             raise OutboxError("the outbox is closed")
-        rows = [*items, *extra] if extra else items
+        rows = (items + list(extra) if items else extra) if extra else items
         size = sum(len(payload) for _, payload in rows)
         # An exact reading costs a statement; estimate between readings, except near the bound.
         estimate = self._used + size + 64 * len(rows)

