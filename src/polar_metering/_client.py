@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -69,6 +70,27 @@ def _require_number(value: object, field: str, *, integral: bool = False) -> flo
     return int(value) if integral else value
 
 
+class _Throttle:
+    """Lets a repeating message through at most once per ``interval`` seconds, counting the rest."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = -math.inf
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def ready(self) -> int | None:
+        """``None`` to stay quiet; otherwise how many were held back since the last time."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return None
+            self._next = now + self._interval
+            held, self._held = self._held, 0
+            return held
+
+
 class _Core:
     """Everything that needs no I/O: validation, event building, decisions."""
 
@@ -76,6 +98,7 @@ class _Core:
         self.config = config
         self.catalog = config.catalog
         self.clock = config.clock
+        self._failure_log = _Throttle(10.0)
 
     # -- events -----------------------------------------------------------------------------------
     def event(
@@ -207,7 +230,11 @@ class _Core:
 
     def failed(self, exc: BaseException, events: list[Event]) -> TrackingResult:
         # Never raise into the caller for backend trouble (DESIGN §3); say what happened instead.
-        logger.warning("polar_metering: tracking failed: %s", exc)
+        # A failing store fails every call: one log line per interval, not one per request.
+        held = self._failure_log.ready()
+        if held is not None:
+            more = f" ({held} more failed calls since the last report)" if held else ""
+            logger.warning("polar_metering: tracking failed: %s%s", exc, more)
         return TrackingResult(
             False, 0, 0, f"{type(exc).__name__}: {exc}", external_ids=tuple(e.external_id for e in events)
         )

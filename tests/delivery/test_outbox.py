@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,7 +16,7 @@ from delivery_helpers import T0, ScriptedTransport, drive, fast_config, make_eve
 
 from polar_metering._clock import ManualClock
 from polar_metering._exceptions import ConfigurationError, OutboxError, ValidationError
-from polar_metering.delivery import Outbox
+from polar_metering.delivery import DeliveryConfig, Outbox
 from polar_metering.delivery._store import Store
 
 
@@ -30,7 +31,7 @@ def rows(path: Path) -> list[tuple[int, str, bytes]]:
 
 def test_commit_writes_each_event_as_the_json_polar_receives(tmp_path: Path) -> None:
     """Rows hold the external_id and the exact Event.to_polar() JSON, in enqueue order."""
-    outbox = Outbox(fast_config(tmp_path / "o.db"), background=False)
+    outbox = Outbox(fast_config(tmp_path / "o.db", durable=False), background=False)
     events = make_events(3)
     assert outbox.enqueue(events) == 3
     assert rows(tmp_path / "o.db") == []  # buffered, not yet committed
@@ -43,11 +44,13 @@ def test_commit_writes_each_event_as_the_json_polar_receives(tmp_path: Path) -> 
 
 
 def test_durable_enqueue_is_on_disk_when_it_returns(tmp_path: Path) -> None:
-    """durable=True (per call or in the config) commits before enqueue returns."""
-    outbox = Outbox(fast_config(tmp_path / "o.db"), background=False)
+    """Durable is the default: enqueue commits before it returns (also per call on a durable=False
+    outbox)."""
+    assert DeliveryConfig(path=tmp_path / "x.db").durable is True
+    outbox = Outbox(fast_config(tmp_path / "o.db", durable=False), background=False)
     outbox.enqueue(make_events(2), durable=True)
     assert [r[1] for r in rows(tmp_path / "o.db")] == ["ev-0", "ev-1"]
-    always = Outbox(fast_config(tmp_path / "o.db", durable=True), background=False)
+    always = Outbox(fast_config(tmp_path / "o.db"), background=False)
     always.enqueue(make_events(1, prefix="d"))
     assert [r[1] for r in rows(tmp_path / "o.db")] == ["ev-0", "ev-1", "d-0"]
     outbox.close()
@@ -57,7 +60,7 @@ def test_durable_enqueue_is_on_disk_when_it_returns(tmp_path: Path) -> None:
 def test_group_commit_reaches_disk_without_any_flush(tmp_path: Path) -> None:
     """With the writer thread, enqueued events appear in the file on their own, and the commit lag is
     measured."""
-    outbox = Outbox(fast_config(tmp_path / "o.db", commit_interval=0.002))
+    outbox = Outbox(fast_config(tmp_path / "o.db", commit_interval=0.002, durable=False))
     outbox.enqueue(make_events(5))
     for _ in range(2000):
         if len(rows(tmp_path / "o.db")) == 5:
@@ -105,7 +108,7 @@ def test_dicts_with_big_integers_are_stored(tmp_path: Path) -> None:
 
 def test_full_memory_buffer_refuses(tmp_path: Path) -> None:
     """When the writer cannot keep up, enqueue raises OutboxError rather than growing without bound."""
-    outbox = Outbox(fast_config(tmp_path / "o.db", max_buffer_events=10), background=False)
+    outbox = Outbox(fast_config(tmp_path / "o.db", max_buffer_events=10, durable=False), background=False)
     outbox.enqueue(make_events(10))
     with pytest.raises(OutboxError, match="max_buffer_events"):
         outbox.enqueue(make_events(1, prefix="over"))
@@ -207,7 +210,7 @@ def test_dead_letters_can_be_listed_and_retried(tmp_path: Path) -> None:
 def test_status_reports_counts_age_and_size(tmp_path: Path) -> None:
     """status() counts pending, leased and buffered events and the oldest one's age."""
     clock = ManualClock(T0)
-    outbox = Outbox(fast_config(tmp_path / "o.db"), clock=clock, background=False)
+    outbox = Outbox(fast_config(tmp_path / "o.db", durable=False), clock=clock, background=False)
     outbox.enqueue(make_events(4))
     outbox.commit()
     outbox.enqueue(make_events(2, prefix="mem"))
@@ -253,7 +256,7 @@ def test_writer_keeps_events_while_the_file_is_locked(
     """While another connection holds the file's write lock the writer's commits fail; the events stay
     in memory, in order, and are committed once the lock is gone."""
     path = tmp_path / "o.db"
-    outbox = Outbox(fast_config(path, busy_timeout=0.05))
+    outbox = Outbox(fast_config(path, busy_timeout=0.05, durable=False))
     blocker = sqlite3.connect(str(path), isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     with caplog.at_level(logging.ERROR, logger="polar_metering.delivery"):
@@ -273,4 +276,92 @@ def test_writer_keeps_events_while_the_file_is_locked(
             break
         time.sleep(0.005)
     assert [r[1] for r in rows(path)] == [f"ev-{i}" for i in range(5)]
+    outbox.close()
+
+
+def test_durable_commits_keep_the_wal_bounded(tmp_path: Path) -> None:
+    """Each durable commit appends a page to the WAL; the writer thread checkpoints so that the WAL
+    starts over instead of growing by ~4 KiB per event (10k events would be ~40 MB)."""
+    path = tmp_path / "o.db"
+    outbox = Outbox(fast_config(path))
+    for event in make_events(10_000):
+        outbox.enqueue([event])
+    wal = Path(f"{path}-wal").stat().st_size
+    assert wal < 8 * 1024 * 1024, f"the WAL grew to {wal} bytes"
+    assert len(rows(path)) == 10_000
+    outbox.close()
+
+
+def test_concurrent_durable_callers_share_commits_and_each_returns_on_disk(tmp_path: Path) -> None:
+    """Eight threads enqueue at once: each call returns only once its own event is in the file, and
+    callers of one moment share a commit (fewer commits than events)."""
+    import threading
+
+    path = tmp_path / "o.db"
+    outbox = Outbox(fast_config(path))
+    commits: list[int] = []
+    inner = outbox._commit_locked
+
+    def counting(extra: Any = ()) -> int:
+        count = inner(extra)
+        commits.append(count)
+        return count
+
+    outbox._commit_locked = counting  # type: ignore[method-assign]
+    missing: list[str] = []
+
+    def worker(n: int) -> None:
+        reader = sqlite3.connect(str(path))
+        try:
+            for event in make_events(300, prefix=f"t{n}"):
+                outbox.enqueue([event])
+                row = reader.execute(
+                    "SELECT 1 FROM outbox WHERE external_id = ?", (event.external_id,)
+                ).fetchone()
+                if row is None:
+                    missing.append(event.external_id)
+        finally:
+            reader.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert missing == []
+    assert sum(commits) == 2400 == len(rows(path))
+    assert len(commits) < 2400, "no commit was shared"
+    outbox.close()
+
+
+def test_a_failed_durable_commit_fails_every_caller_and_stores_none_of_them(tmp_path: Path) -> None:
+    """While another connection holds the write lock, durable callers get OutboxError, and their
+    events are not written later behind their backs: what was refused stays refused."""
+    import threading
+
+    path = tmp_path / "o.db"
+    outbox = Outbox(fast_config(path, busy_timeout=0.05))
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    outcomes: dict[str, bool] = {}
+
+    def worker(n: int) -> None:
+        for event in make_events(5, prefix=f"b{n}"):
+            try:
+                outbox.enqueue([event])
+                outcomes[event.external_id] = True
+            except OutboxError:
+                outcomes[event.external_id] = False
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert outcomes and not any(outcomes.values())
+    outbox.enqueue(make_events(1, prefix="after"))  # a lock timeout does not mark the store failed
+    time.sleep(0.2)
+    assert [r[1] for r in rows(path)] == ["after-0"]
     outbox.close()

@@ -198,10 +198,30 @@ def test_readings_are_cached_for_cache_ttl(
 
 
 def test_async_client_tracks_and_reads(make_client: MakeClient, admin: AdminClient, customer: str) -> None:
-    """The async twin queues on the event loop (nonblocking_ingest) and reads through a thread."""
+    """The async twin commits to the durable outbox from a worker thread (never on the event loop) and
+    reads through a thread."""
     sync = make_client()
     admin.create_customer(external_id=customer)
+    assert not sync.backend.nonblocking_ingest
+
+    async def run() -> float:
+        client: AsyncMetering = sync.aio
+        assert (await client.track_api_request(customer, "/a")).success
+        assert await client.flush(timeout=10)
+        return (await client.check_limit(customer, "api_requests")).current
+
+    assert asyncio.run(run()) == 1
+
+
+def test_group_commit_opt_in_queues_on_the_event_loop(
+    make_client: MakeClient, admin: AdminClient, customer: str
+) -> None:
+    """``durable=False`` (a backend option) makes ingest an in-memory append, so the async client
+    queues on the event loop; the event still arrives."""
+    sync = make_client(backend_options={"durable": False})
+    admin.create_customer(external_id=customer)
     assert sync.backend.nonblocking_ingest
+    assert sync.backend.outbox.config.durable is False
 
     async def run() -> float:
         client: AsyncMetering = sync.aio

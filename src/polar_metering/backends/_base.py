@@ -147,9 +147,10 @@ class Backend(ABC):
     #: True when ``reading`` reflects every ingested event at once (the local engine); False when the
     #: backend lags (Polar's ~15 s debounce), so the client overlays its own unsettled usage.
     settles_immediately: ClassVar[bool] = True
-    #: True when ``ingest`` never waits on I/O (an in-memory hand-off to a durable outbox writer), so
-    #: the async client may call it on the event loop instead of hopping to a thread.
-    nonblocking_ingest: ClassVar[bool] = False
+    #: True when ``ingest`` never waits on I/O (an in-memory hand-off to an outbox writer thread), so
+    #: the async client may call it on the event loop instead of hopping to a thread. An instance
+    #: may set it from its configuration.
+    nonblocking_ingest: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -51,10 +51,11 @@ class DeliveryConfig:
 
     - ``path``: the outbox SQLite file (created with its folder). Processes that share a file share
       one queue; leases keep them from sending the same event at the same time.
-    - ``durable``: when true, ``enqueue`` commits on the caller's thread before returning. When false
-      (the default) events are group-committed by a writer thread within ``commit_interval`` seconds
-      of ``enqueue`` returning (see ``docs/delivery.md`` for the exact window).
-    - ``commit_interval``: the group-commit window in seconds (default 5 ms).
+    - ``durable``: when true (the default), ``enqueue`` returns only once its events are committed
+      (callers tracking at the same moment share one commit). When false, events are committed by a
+      writer thread within ``commit_interval`` seconds of ``enqueue`` returning, and a crash inside
+      that window loses them (see ``docs/delivery.md`` for the measured window).
+    - ``commit_interval``: with ``durable=False``, the writer's commit spacing in seconds (default 5 ms).
     - ``synchronous``: SQLite's ``synchronous`` pragma. ``"NORMAL"`` (default) survives a process
       crash; ``"FULL"`` also survives power loss, at ~5x the commit cost.
     - ``max_outbox_bytes``: disk budget of the outbox file; past it ``enqueue`` raises
@@ -86,7 +87,7 @@ class DeliveryConfig:
     """
 
     path: str | os.PathLike[str] = "polar-metering-outbox.db"
-    durable: bool = False
+    durable: bool = True
     commit_interval: float = 0.005
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_outbox_bytes: int = 512 * MiB

@@ -1,26 +1,30 @@
 """``Outbox``: the durable queue between ``track_*`` and Polar.
 
-Durability window (group commit, the default): ``enqueue`` encodes the events on the caller's
-thread, appends them to an in-memory buffer and returns without touching the disk. A writer thread
-commits the buffer to the SQLite file: at once after a quiet spell, otherwise at most every
-``commit_interval`` (5 ms), one INSERT per commit. An event is on disk — safe from a process kill,
-and with ``synchronous="FULL"`` from power loss — ``commit_interval`` plus one commit after
-``enqueue`` returned, *when the writer gets the GIL*: with request threads waiting on I/O that is
-the whole story (bench: p50 5.4 ms, p99 7-14 ms); while they keep the CPU busy, CPython hands the
-GIL over only once per switch interval (5 ms), a commit needs it a few times, and the window
-stretches (bench: p50 6-100 ms, p99 35-170 ms on a 2-core machine shared with other jobs).
-``metrics()`` reports the observed window (``commit_lag_*``). A crash inside the window loses those
-events; ``durable=True`` (per call or in the config) commits on the caller's thread before
-``enqueue`` returns instead (25-38 µs p50).
+Durable by default: ``enqueue`` returns only once its events are committed to the SQLite file (WAL),
+so an acknowledged event survives a process kill (SIGKILL, OOM) and, with ``synchronous="FULL"``,
+power loss. Callers that arrive while a commit is under way share the next one: each caller joins
+the open *commit group*, the first to get the write lock commits the whole group in one INSERT,
+and the others find their events already written when the lock comes to them (a group commit in
+which every caller waits for the commit that holds its events). A failed commit fails every caller
+of its group: nothing is reported kept that is not on disk.
 
-``flush`` waits for this process's events, ``drain`` for every event in the file, and ``close``
-drains within its deadline; all three commit the buffer first. The exit hook closes every open
-outbox within ``exit_timeout``. A forked child gets fresh threads, connections and lease owner, and
-drops its copy of the parent's buffer (the parent commits those events).
+``durable=False`` (opt-in, per call or in the config) trades that for speed: ``enqueue`` appends to
+an in-memory buffer and a writer thread commits it at most every ``commit_interval`` (5 ms), so a
+crash inside that window, or a disk that fails before the writer gets to it, loses the buffered
+events (``docs/delivery.md`` gives the measured window; ``metrics()`` the observed one).
+
+A store that fails (disk full, read-only, I/O error) makes ``enqueue`` refuse with
+:class:`OutboxError` from then on, probing the file again at most once a second so that calls
+succeed again when space returns. ``flush`` waits for this process's events, ``drain`` for every
+event in the file, and ``close`` drains within its deadline; all three commit the buffer first. The
+exit hook closes every open outbox within ``exit_timeout``. A forked child gets fresh threads,
+connections and lease owner, and drops its copy of the parent's buffer (the parent commits those
+events).
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import json
 import logging
@@ -44,7 +48,7 @@ from polar_metering.delivery._codec import dumps as _dumps
 from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._policy import ENVELOPE_BYTES
 from polar_metering.delivery._sender import Counters, DeliveryMetrics, Sender, Transport
-from polar_metering.delivery._store import Store
+from polar_metering.delivery._store import Store, StoreUnavailable, lease_owner
 
 __all__ = ["DeadLetter", "Outbox", "OutboxStatus"]
 
@@ -103,6 +107,33 @@ def _timeout(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
         raise ValidationError(name, "must be None or a number of seconds >= 0", value)
     return float(value)
+
+
+class _Group:
+    """The callers whose events one durable commit writes. The first to join leads: it waits for
+    the write lock, closes the group and commits it. Each of the others waits on a lock of its own,
+    taken before it joined, which the leader releases when the commit is done (the cheapest wake-up
+    CPython has). ``error`` is set when the commit failed. Fields change only under the outbox's
+    group lock."""
+
+    __slots__ = ("error", "led", "rows", "waiters")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, bytes]] = []
+        self.led = False
+        self.error: OutboxError | None = None
+        self.waiters: list[Any] = []
+
+
+# Commits between checkpoints (each commit adds at least a 4 KiB page to the WAL), and the size the
+# WAL is cut back to once it can be reused from the start.
+_CHECKPOINT_COMMITS = 1000
+_WAL_SIZE_LIMIT = 16 * 1024 * 1024
+# A refusing store is tried again at most this often (seconds), so calls succeed again soon after
+# the disk has room or the file is writable again, without every call paying for a failed write.
+_PROBE_INTERVAL = 1.0
+# SQLite's messages for a lock it waited for in vain: another process is slow, the store is fine.
+_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
 
 
 def _encode(index: int, event: object, max_bytes: int) -> tuple[str, bytes]:
@@ -164,7 +195,12 @@ class Outbox:
         self._finished = False  # close() has released everything
         self._close_result = True
         self._setup_process()
-        self._writer_store()
+        try:
+            self._writer_store()
+        except StoreUnavailable as exc:
+            # The file cannot be written now (a read-only or full file system): start refusing,
+            # with the reason, and keep probing, instead of failing the application's start.
+            self._store_failed(exc)
         _LIVE.add(self)
         if background:
             for sender in self._senders:
@@ -173,15 +209,20 @@ class Outbox:
     def _setup_process(self) -> None:
         """Everything that belongs to one process: threads, locks, connections, buffer, lease owner."""
         self._pid = os.getpid()
-        self._owner = f"{self._pid}-{os.urandom(6).hex()}"
+        self._owner = lease_owner(self._pid, os.urandom(6).hex())
         self._buffer: deque[tuple[str, bytes]] = deque()
         self._close_lock = threading.Lock()
         self._wlock = threading.RLock()
+        # Guards the open commit group; held only to append to it or swap it, never across I/O.
+        self._glock = threading.Lock()
+        self._group = _Group()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._progress = threading.Condition()
         self._writer: threading.Thread | None = None
         self._store: Store | None = None
+        self._ckpt: sqlite3.Connection | None = None  # the writer thread's checkpoint connection
+        self._unckpt = 0  # commits since the last checkpoint
         # Rowid ranges this process committed and has not yet seen leave the outbox: what flush waits
         # for. One commit is one INSERT statement, which holds the file's write lock throughout, so
         # its rows get consecutive rowids.
@@ -195,6 +236,7 @@ class Outbox:
         self._warned = False
         self._full = False
         self._disk_error: str | None = None
+        self._probe_at = 0.0  # perf_counter after which a refusing store may be tried again
         self._refusal: str | None = "the outbox is closed" if self._closed else None
         # max_in_flight senders, each a thread with its own connection and lease owner, claiming
         # from the file as senders in separate processes do: while one waits for Polar's answer,
@@ -217,6 +259,7 @@ class Outbox:
 
     def _after_fork(self) -> None:
         _INHERITED.append(self._store)
+        _INHERITED.append(self._ckpt)
         for sender in self._senders:
             _INHERITED.append(sender.abandon())
         self._setup_process()
@@ -228,10 +271,11 @@ class Outbox:
         Events are :class:`Event` objects or dicts shaped like ``Event.to_polar()`` with an
         ``external_id``. Raises :class:`ValidationError` (naming ``events[i]``) before queueing any of
         them when one cannot be encoded, and :class:`OutboxError` when the outbox is full, closed or
-        its file unusable. With ``durable`` (default: the config's) the events are committed before
-        this returns; otherwise within the group-commit window (module docstring).
+        its file unusable. With ``durable`` (default: the config's, itself true by default) the
+        events are committed before this returns; otherwise within the group-commit window (module
+        docstring).
         """
-        if self._refusal is not None:
+        if self._refusal is not None and not self._may_probe():
             raise OutboxError(self._refusal)
         if type(events) is not list and isinstance(events, Event | Mapping | str | bytes):
             raise ValidationError("events", "must be a list of events, not a single event", None)
@@ -240,24 +284,75 @@ class Outbox:
         if not rows:
             return 0
         if durable if durable is not None else self.config.durable:
-            with self._wlock:
-                self._commit_locked(rows)
+            self._commit_group(rows)
             return len(rows)
         if len(self._buffer) + len(rows) > self.config.max_buffer_events:
             raise OutboxError(
                 f"{len(self._buffer)} events wait for the outbox writer (max_buffer_events="
                 f"{self.config.max_buffer_events}); the outbox file is not keeping up"
             )
+        was_empty = not self._buffer
         self._buffer.extend(rows)
-        if not self._wake.is_set():
-            if self._writer is None:
-                self._start_writer()
+        if was_empty:
             self._first_at = time.perf_counter()
+        if self._writer is None:
+            self._start_writer()
+        if not self._wake.is_set():
             self._wake.set()
         if self._closed:  # close() raced us: make sure these are written or reported
             with self._wlock:
                 self._commit_locked()
         return len(rows)
+
+    def _commit_group(self, rows: list[tuple[str, bytes]]) -> None:
+        """Commit ``rows`` before returning, sharing the commit with every caller that arrives
+        meanwhile; raise :class:`OutboxError` if the commit that held them failed.
+
+        While one group commits, the next fills up behind its leader, who waits for the write
+        lock; its followers sleep on locks of their own rather than queueing on the write lock, so
+        a finished commit wakes them all instead of handing a lock from one to the next."""
+        waiter = None
+        with self._glock:
+            group = self._group
+            group.rows.extend(rows)
+            lead = not group.led
+            if lead:
+                group.led = True
+            else:
+                waiter = _thread.allocate_lock()
+                waiter.acquire()
+                group.waiters.append(waiter)
+        if waiter is not None:
+            waiter.acquire()  # released by the leader once the group's commit is done
+        else:
+            try:
+                with self._wlock:
+                    with self._glock:
+                        self._group = _Group()  # from here on, callers join the next group
+                    self._commit_locked(group.rows)
+            except Exception as exc:
+                group.error = (
+                    exc if isinstance(exc, OutboxError) else OutboxError(f"{type(exc).__name__}: {exc}")
+                )
+            finally:
+                with self._glock:
+                    if self._group is group:  # interrupted before closing it: never strand joiners
+                        self._group = _Group()
+                for follower in group.waiters:
+                    follower.release()
+        if group.error is not None:
+            raise OutboxError(str(group.error))
+
+    def _may_probe(self) -> bool:
+        """While the store refuses because it failed, let one call through now and then to find out
+        whether it works again (a closed or over-budget outbox is not probed: nothing to learn)."""
+        if self._disk_error is None or self._closed or self._full:
+            return False
+        now = time.perf_counter()
+        if now < self._probe_at:
+            return False
+        self._probe_at = now + _PROBE_INTERVAL
+        return True
 
     def commit(self) -> int:
         """Write buffered events to the outbox file now; returns how many were written."""
@@ -278,23 +373,24 @@ class Outbox:
         return self._store
 
     def _commit_locked(self, extra: Sequence[tuple[str, bytes]] = ()) -> int:
-        """Commit the buffer (then ``extra``) in one statement. The caller holds ``_wlock``."""
+        """Commit the buffer (then ``extra``) in one statement. The caller holds ``_wlock``.
+
+        On failure the buffer's events go back to the buffer (the writer tries them again) and
+        ``extra``, a durable group, is not written at all: its callers are told so."""
         first_at = self._first_at
-        # Clear before draining: an event appended after this sets the flag again and wakes the writer.
-        self._wake.clear()
         buffer = self._buffer
         items: list[tuple[str, bytes]] = []
-        try:
-            while True:
-                items.append(buffer.popleft())
-        except IndexError:
-            pass
-        if not items and not extra:
+        if buffer:
+            # Clear before draining: an event appended after this sets the flag again and wakes
+            # the writer. Only as many as are there now: others may be appending meanwhile.
+            self._wake.clear()
+            items = [buffer.popleft() for _ in range(len(buffer))]
+        elif not extra:
             return 0
-        if self._refusal is not None and extra:
+        if self._finished:
             self._restore(items)
-            raise OutboxError(self._refusal)
-        rows = [*items, *extra] if extra else items
+            raise OutboxError("the outbox is closed")
+        rows = (items + list(extra) if items else extra) if extra else items
         size = sum(len(payload) for _, payload in rows)
         # An exact reading costs a statement; estimate between readings, except near the bound.
         estimate = self._used + size + 64 * len(rows)
@@ -307,9 +403,7 @@ class Outbox:
             last, used = self._writer_store().append(rows, self._clock.now().timestamp(), measure=measure)
         except (sqlite3.Error, OutboxError) as exc:
             self._restore(items)
-            if isinstance(exc, sqlite3.Error) and "full" in str(exc).lower():
-                self._disk_error = f"the disk holding the outbox is full: {exc}"
-                self._refresh_refusal()
+            self._store_failed(exc)
             raise OutboxError(f"could not write to the outbox file {str(self.config.file)!r}: {exc}") from exc
         self._last_commit = now = time.perf_counter()
         if items:
@@ -317,7 +411,13 @@ class Outbox:
         count = len(rows)
         self._note_range(last - count + 1, last)
         self._counters.committed += count
+        self._unckpt += 1
+        if self._unckpt >= _CHECKPOINT_COMMITS and self._background and not self._closed:
+            if self._writer is None:
+                self._start_writer()
+            self._wake.set()
         if self._disk_error is not None:
+            log.warning("outbox %s is writable again; accepting events", self.config.file)
             self._disk_error = None
             self._refresh_refusal()
         if used is None:
@@ -328,6 +428,29 @@ class Outbox:
         for sender in self._senders:
             sender.notify_committed(count)
         return count
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A write failed. Unless SQLite only waited in vain for another process's lock, the store
+        itself is failing (disk full, read-only, I/O error): refuse events until a probe succeeds."""
+        text = str(exc)
+        low = text.lower()
+        if any(t in low for t in _TRANSIENT):
+            return
+        if "full" in low:
+            reason = f"the disk holding the outbox is full: {text}"
+        elif "readonly" in low or "read-only" in low:
+            reason = f"the outbox file is read-only: {text}"
+        else:
+            reason = f"the outbox file cannot be written: {text}"
+        if self._disk_error is None:
+            log.error(
+                "outbox %s: %s; new events are refused (success=False) until it can be written again",
+                self.config.file,
+                reason,
+            )
+        self._disk_error = reason
+        self._probe_at = time.perf_counter() + _PROBE_INTERVAL
+        self._refresh_refusal()
 
     def _restore(self, items: list[tuple[str, bytes]]) -> None:
         """Put uncommitted events back, in order, ahead of newer ones, and make sure the writer returns."""
@@ -359,18 +482,17 @@ class Outbox:
 
     def _write_loop(self) -> None:
         failures = 0
-        checkpointed = time.perf_counter()
         while True:
-            if self._sender is None and time.perf_counter() - checkpointed >= 1.0 and self._store is not None:
-                # With a sender, its connection checkpoints as SQLite does by default (every 1000
-                # WAL pages); without one, this thread does, so that the WAL does not grow forever.
-                checkpointed = time.perf_counter()
-                try:
-                    with self._wlock:
-                        self._store.checkpoint()
-                except sqlite3.Error as exc:
-                    log.debug("outbox checkpoint skipped: %s", exc)
-            self._wake.wait(None if self._sender is not None else 1.0)
+            self._wake.wait(1.0)
+            if self._checkpoint_due():
+                self._checkpoint()
+            if not self._buffer:
+                self._wake.clear()
+                if self._buffer:  # an event arrived between the look and the clear
+                    continue
+                if self._stopping.is_set():
+                    return
+                continue
             # Group commit: commits are at least commit_interval apart, and events arriving meanwhile
             # share one. After a quiet spell the first event is committed at once.
             gap = self.config.commit_interval - (time.perf_counter() - self._last_commit)
@@ -395,6 +517,38 @@ class Outbox:
             failures = 0
             if self._stopping.is_set() and not self._buffer:
                 return
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    # Every commit appends at least one page to the WAL, and SQLite only reuses the WAL from the start
+    # after a checkpoint. The connections commits go through never checkpoint (a caller would pay for
+    # it), so this thread does: after _CHECKPOINT_COMMITS commits, or a second after the last one.
+    def _checkpoint_due(self) -> bool:
+        pending = self._unckpt
+        return pending >= _CHECKPOINT_COMMITS or (
+            pending > 0 and time.perf_counter() - self._last_commit >= 1.0
+        )
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint on this thread's own connection, holding the process's file lock: with
+        no commit of ours appending meanwhile it can copy the whole WAL, so the next commit starts
+        the WAL over instead of growing it. (Without the lock, under steady tracking, it never
+        catches up.) It never waits for another process: PASSIVE gives up instead."""
+        seen = self._unckpt
+        store = self._store
+        if store is None:
+            return
+        try:
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(
+                    str(self.config.file), timeout=0, isolation_level=None, check_same_thread=False
+                )
+                self._ckpt.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            with store.lock:
+                self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("outbox checkpoint skipped: %s", exc)
+            return
+        self._unckpt = max(0, self._unckpt - seen)
 
     # -- disk bound -----------------------------------------------------------------------------------
     def _set_usage(self, used: int) -> None:
@@ -539,20 +693,31 @@ class Outbox:
         self._wake.set()
         if self._writer is not None:
             self._writer.join(max(0.0, deadline - time.monotonic()))
-        delivered = False
+        written = False
         if self._wlock.acquire(timeout=max(0.01, deadline - time.monotonic())):
             try:
                 self._commit_locked()
-                delivered = True
+                written = True
             except OutboxError as exc:
-                log.error("close could not write %d buffered events: %s", len(self._buffer), exc)
+                # Only durable=False events can be here: acknowledged, never written, and the
+                # process is about to drop them. Say so plainly.
+                log.error(
+                    "outbox %s: %d tracked events (durable=False) could not be written and are lost: %s",
+                    self.config.file,
+                    len(self._buffer),
+                    exc,
+                )
             finally:
                 self._wlock.release()
         else:
             log.error(
-                "close: the outbox writer is stuck; %d buffered events were not written", len(self._buffer)
+                "outbox %s: the writer is stuck; %d tracked events (durable=False) were not written and "
+                "are lost",
+                self.config.file,
+                len(self._buffer),
             )
-        if delivered and self._sender is not None:
+        delivered = written
+        if written and self._sender is not None:
             # The last chance this process has to deliver: leftovers of crashed processes too, not
             # only its own events (a short-lived job may never run long enough otherwise).
             try:
@@ -566,16 +731,26 @@ class Outbox:
         for sender in self._senders:
             sender.stop(max(0.0, deadline - time.monotonic()))
             sender.close_store()
-        if not delivered:
+        if written and not delivered:
+            try:
+                pending, leased, _, _, _ = self._writer_store().counts(self._clock.now().timestamp())
+                left = f"{pending + leased} events"
+            except (OutboxError, sqlite3.Error):
+                left = "events"
             log.warning(
-                "outbox %s closed with events not yet delivered; the next process to open it sends them",
+                "outbox %s closed with %s not yet delivered; they are in the file, and the next process "
+                "to open it sends them",
                 self.config.file,
+                left,
             )
         with self._wlock:
             self._finished = True
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._ckpt is not None and (self._writer is None or not self._writer.is_alive()):
+                self._ckpt.close()
+                self._ckpt = None
         self._close_result = delivered
         return delivered
 

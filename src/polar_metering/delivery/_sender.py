@@ -34,6 +34,9 @@ __all__ = ["DeliveryMetrics", "SendResult", "Sender", "Transport"]
 
 log = logging.getLogger("polar_metering.delivery")
 
+# How often (seconds) an idle sender looks for leases held by senders that died on this host.
+_REAP_INTERVAL = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
@@ -177,6 +180,7 @@ class Sender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reaped_at = -math.inf  # perf_counter of the last look for dead senders' leases
 
     # -- one round ------------------------------------------------------------------------------------
     def step(self) -> float:
@@ -201,11 +205,26 @@ class Sender:
         # backoff or a batch's age is not idle; commits then only wake us for a full batch.
         self._idle = claim.empty
         if not claim.rows:
+            if claim.wait > 0 and self._reap(store, now):
+                return 0.0
             return claim.wait
         self._resend_now = False
         self._deliver(store, claim.rows, now)
         self._on_progress(store)
         return 0.0
+
+    def _reap(self, store: Store, now: float) -> bool:
+        """Now and then, while nothing is claimable, free leases whose sender died on this host (a
+        restarted worker then sends what its killed predecessor held, without waiting out the lease).
+        True when rows were freed."""
+        mono = time.perf_counter()
+        if mono - self._reaped_at < _REAP_INTERVAL:
+            return False
+        self._reaped_at = mono
+        freed = store.reclaim_dead(now)
+        if freed:
+            log.info("took over %d outbox events leased by a sender that is no longer running", freed)
+        return freed > 0
 
     def _deliver(self, store: Store, rows: list[Row], now: float) -> None:
         events = [row.event for row in rows]

@@ -12,6 +12,7 @@ The token comes from ``access_token=`` or ``POLAR_ACCESS_TOKEN`` and never from 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -68,10 +69,11 @@ def delivery_config(settings: PolarSettings, outbox_path: str | None) -> Deliver
 class PolarBackend(Backend):
     """The ``polar://`` backend.
 
-    - ``ingest`` hands events to the outbox (an in-memory append; a writer thread commits them to the
-      outbox file and sender threads deliver them with ``events.ingest``), so tracking never waits
-      on the network. ``IngestResult.inserted`` counts events accepted into the outbox; Polar's own
-      duplicate count arrives later, at delivery (see ``outbox.metrics()``).
+    - ``ingest`` commits events to the outbox file (durable by default; with ``durable=False`` an
+      in-memory append that a writer thread commits) and sender threads deliver them with
+      ``events.ingest``, so tracking never waits on the network. ``IngestResult.inserted`` counts
+      events accepted into the outbox; Polar's own duplicate count arrives later, at delivery (see
+      ``outbox.metrics()``).
     - ``reading`` returns the customer's Polar customer meter for the catalog meter (matched by
       name), cached for ``cache_ttl`` seconds, plus the usage this process tracked that Polar has not
       counted yet and this process's holds (``polar_metering._limits``): Polar updates balances
@@ -82,7 +84,9 @@ class PolarBackend(Backend):
     Options (keyword, from ``backend_options`` or the constructor): ``no_credits`` —
     ``"unlimited"`` (default) or ``"deny"``, what a customer without credits on a meter may do (see
     :func:`~polar_metering.backends._polar._readings.to_reading`); ``delivery`` — a
-    :class:`DeliveryConfig` replacing the derived one; ``timeout`` — seconds per request;
+    :class:`DeliveryConfig` replacing the derived one; ``durable`` — ``False`` to opt into group
+    commit (faster, but a crash loses the last few milliseconds of events: ``docs/delivery.md``);
+    ``timeout`` — seconds per request;
     ``overlay`` — ``{"settle_horizon": s, "unconfirmed_horizon": s, "settle_margin": s}`` to tune
     when tracked usage leaves the overlay (``docs/limits.md`` §3).
     """
@@ -90,7 +94,6 @@ class PolarBackend(Backend):
     schemes: ClassVar[tuple[str, ...]] = ("polar",)
     settles_immediately: ClassVar[bool] = False
     supports_holds: ClassVar[bool] = True
-    nonblocking_ingest: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class PolarBackend(Backend):
         config: MeteringConfig | None = None,
         no_credits: NoCredits | None = None,
         delivery: DeliveryConfig | None = None,
+        durable: bool | None = None,
         timeout: float | None = None,
         overlay: Mapping[str, float] | None = None,
         **options: Any,
@@ -109,7 +113,7 @@ class PolarBackend(Backend):
         if options:
             raise ConfigurationError(
                 f"polar://: unknown options {sorted(options)}; "
-                "known: config, no_credits, delivery, timeout, overlay"
+                "known: config, no_credits, delivery, durable, timeout, overlay"
             )
         if config is None:
             from polar_metering._config import build_config
@@ -126,12 +130,20 @@ class PolarBackend(Backend):
         self._no_credits = check_no_credits(no_credits or url.query.get("no_credits", "unlimited"))
         if delivery is not None and not isinstance(delivery, DeliveryConfig):
             raise ConfigurationError(f"delivery: must be a DeliveryConfig, got {type(delivery).__name__}")
+        if durable is not None and not isinstance(durable, bool):
+            raise ConfigurationError(f"durable: must be True or False, got {durable!r}")
         self.limits = _limits(catalog, clock, config, overlay)
         self._transport = SdkTransport(self.settings)
         # Delivery reports feed the overlay's settle rule. The send time is compared with Polar's
         # modified_at, stamped by Polar's clock, so it is real wall time, not the injectable clock.
         marking = MarkingTransport(self._transport, self.limits.delivered, time.time)
-        self.outbox = Outbox(delivery or delivery_config(self.settings, config.outbox_path), marking)
+        settings = delivery or delivery_config(self.settings, config.outbox_path)
+        if durable is not None:
+            settings = dataclasses.replace(settings, durable=durable)
+        self.outbox = Outbox(settings, marking)
+        # A durable outbox (the default) commits before ingest returns: the async client must not
+        # wait for that on the event loop. With durable=False ingest is an in-memory append.
+        self.nonblocking_ingest = not self.outbox.config.durable
         self._client = open_client(self.settings)
         self._directory = MeterDirectory(self._client, self.settings, clock.monotonic)
         self._closed = False
