@@ -216,7 +216,9 @@ class _Core:
                 )
             llm["cached_input_tokens"] = cached
         if metadata is not None and not isinstance(metadata, Mapping):
-            raise ValidationError("metadata", "must be a mapping of string keys to str, int, float or bool", metadata)
+            raise ValidationError(
+                "metadata", "must be a mapping of string keys to str, int, float or bool", metadata
+            )
         md: dict[str, Any] = dict(metadata or {})
         md.update(tokens=inp + out, model=model_s, type="total", _llm=llm)
         if cost is not None:

@@ -26,17 +26,18 @@ _lock = threading.Lock()
 
 def _endpoint(module: Any, kwargs: Mapping[str, Any]) -> Endpoint:
     """The chat endpoint, named after the provider LiteLLM will route ``model`` to."""
-    vendor = "litellm"
     provider = kwargs.get("custom_llm_provider")
-    if isinstance(provider, str) and provider:
-        vendor = provider
-    else:
-        try:
-            vendor = module.get_llm_provider(model=kwargs.get("model"), api_base=kwargs.get("api_base"))[1]
-        except Exception:  # an unknown model: LiteLLM itself will raise when it is called
-            model = kwargs.get("model")
-            if isinstance(model, str) and "/" in model:
-                vendor = model.split("/", 1)[0]
+    model = kwargs.get("model")
+    if not (isinstance(provider, str) and provider) and isinstance(model, str):
+        prefix = model.split("/", 1)[0] if "/" in model else None
+        if prefix is not None and prefix in getattr(module, "provider_list", ()):
+            provider = prefix
+        else:
+            try:
+                provider = module.get_llm_provider(model=model, api_base=kwargs.get("api_base"))[1]
+            except Exception:  # an unknown model: LiteLLM itself raises when it is called
+                provider = None
+    vendor = provider if isinstance(provider, str) and provider else "litellm"
     return Endpoint(vendor, "completion", _CHAT.read, _CHAT.reader, _CHAT.prepare)
 
 
