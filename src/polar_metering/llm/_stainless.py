@@ -134,12 +134,22 @@ def _make_async(base: type) -> type:
 
 
 # -- results ------------------------------------------------------------------------------------------
-def _is_stream(result: Any) -> bool:
-    return hasattr(result, "_iterator") and hasattr(result, "response") and hasattr(result, "close")
+_kinds: dict[type, str] = {}
 
 
-def _is_raw(result: Any) -> bool:
-    return hasattr(result, "http_response") and hasattr(result, "parse")
+def _kind(result: Any) -> str:
+    """``stream``, ``raw`` (an API response wrapper) or ``body``, decided once per result class."""
+    cls = type(result)
+    kind = _kinds.get(cls)
+    if kind is None:
+        if hasattr(result, "_iterator") and hasattr(result, "response") and hasattr(result, "close"):
+            kind = "stream"
+        elif hasattr(result, "http_response") and hasattr(result, "parse"):
+            kind = "raw"
+        else:
+            kind = "body"
+        _kinds[cls] = kind
+    return kind
 
 
 def _read_body(call: _record.Call, raw: Any) -> Usage | None:
@@ -160,12 +170,13 @@ def _body_read(raw: Any) -> bool:
 
 
 def _attach(call: _record.Call, result: Any, injected: bool) -> Any:
-    if _is_stream(result):
+    kind = _kind(result)
+    if kind == "stream":
         reader = call.endpoint.reader(injected)
         tap = _observe(result._iterator, call, reader)
         result._iterator = tap
         result.close = _Closer(result, tap)
-    elif _is_raw(result):
+    elif kind == "raw":
         if _body_read(result):
             _record.finish(call, _read_body(call, result))
         else:
@@ -176,12 +187,13 @@ def _attach(call: _record.Call, result: Any, injected: bool) -> Any:
 
 
 async def _attach_async(call: _record.Call, result: Any, injected: bool) -> Any:
-    if _is_stream(result):
+    kind = _kind(result)
+    if kind == "stream":
         reader = call.endpoint.reader(injected)
         tap = _observe_async(result._iterator, call, reader)
         result._iterator = tap
         result.close = _AsyncCloser(result, tap)
-    elif _is_raw(result):
+    elif kind == "raw":
         if _body_read(result):
             await _record.finish_async(call, _read_body(call, result))
         else:
