@@ -34,9 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentile
-
 import openai
+from _common import percentile
 
 from polar_metering import Metering
 from polar_metering.llm import metered
