@@ -326,6 +326,8 @@ def test_bad_arguments_fail_with_the_librarys_errors() -> None:
         metered(bare, customer="")
     with pytest.raises(metering.ValidationError, match="prices"):
         metered(bare, prices={"gpt-4o": 2.5})  # type: ignore[dict-item]
+    with pytest.raises(metering.ValidationError, match="reserve"):
+        metered(bare, reserve="500")  # type: ignore[arg-type]
     with pytest.raises(metering.ConfigurationError, match="not an OpenAI or Anthropic"):
         metered(object())
 
