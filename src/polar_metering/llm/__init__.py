@@ -103,11 +103,12 @@ def metered(
         from polar_metering._exceptions import ValidationError
 
         raise ValidationError("limit", "must be a meter slug such as 'ai_tokens'", limit)
-    if reserve is not None and not callable(reserve):
-        if isinstance(reserve, bool) or not isinstance(reserve, int | float) or not reserve >= 0:
-            from polar_metering._exceptions import ValidationError
+    if not (reserve is None or callable(reserve)) and (
+        isinstance(reserve, bool) or not isinstance(reserve, int | float) or not reserve >= 0
+    ):
+        from polar_metering._exceptions import ValidationError
 
-            raise ValidationError("reserve", "must be a number >= 0 or a function of the request", reserve)
+        raise ValidationError("reserve", "must be a number >= 0 or a function of the request", reserve)
     if prices is not None and (
         not isinstance(prices, Mapping) or not all(isinstance(p, Price) for p in prices.values())
     ):
