@@ -203,6 +203,55 @@ class _Core:
             md["type"] = type_
         return self.event(customer_id, "ai.tokens", md)
 
+    def llm_usage(
+        self,
+        customer_id: object,
+        vendor: object,
+        model: object,
+        input_tokens: object,
+        output_tokens: object,
+        cached_input_tokens: object,
+        cost: object,
+        metadata: object,
+    ) -> Event:
+        """One ``ai.tokens`` event carrying Polar's ``_llm`` object (and ``_cost`` when priced).
+
+        ``tokens`` is the call's total, so the default ``ai_tokens`` meter and a meter summing
+        ``_llm.total_tokens`` count the same number. ``input_tokens`` includes cached ones, as OpenAI
+        reports them; see ``docs/llm.md``.
+        """
+        vendor_s = _require_str(vendor, "vendor")
+        model_s = _require_str(model, "model")
+        inp = int(_require_number(input_tokens, "input_tokens", integral=True))
+        out = int(_require_number(output_tokens, "output_tokens", integral=True))
+        llm: dict[str, Any] = {
+            "vendor": vendor_s,
+            "model": model_s,
+            "input_tokens": inp,
+            "output_tokens": out,
+            "total_tokens": inp + out,
+        }
+        if cached_input_tokens is not None:
+            cached = int(_require_number(cached_input_tokens, "cached_input_tokens", integral=True))
+            if cached > inp:
+                raise ValidationError(
+                    "cached_input_tokens", "must not exceed input_tokens (which include cached ones)", cached
+                )
+            llm["cached_input_tokens"] = cached
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValidationError(
+                "metadata", "must be a mapping of string keys to str, int, float or bool", metadata
+            )
+        md: dict[str, Any] = dict(metadata or {})
+        md.update(tokens=inp + out, model=model_s, type="total", _llm=llm)
+        if cost is not None:
+            # Polar's _cost.amount is a number of cents (server/polar/event/schemas.py, CostMetadata).
+            if isinstance(cost, Mapping):
+                md["_cost"] = dict(cost)
+            else:
+                md["_cost"] = {"amount": _require_number(cost, "cost"), "currency": "usd"}
+        return self.event(customer_id, "ai.tokens", md)
+
     def seat_activity(self, customer_id: object, user_id: object, action: object) -> Event:
         md: dict[str, MetadataValue] = {"user_id": _require_str(user_id, "user_id")}
         if action is not None:
@@ -468,6 +517,26 @@ class Metering(_Base):
     ) -> TrackingResult:
         """Record AI tokens used (``ai_tokens`` sums them)."""
         return self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
+
+    def track_llm_usage(
+        self,
+        customer_id: str,
+        *,
+        vendor: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int | None = None,
+        cost: float | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+    ) -> TrackingResult:
+        """Record one model call: an ``ai.tokens`` event with Polar's ``_llm`` metadata (``cost`` in
+        cents fills ``_cost``). ``polar_metering.llm.metered`` calls this for you."""
+        return self._track_one(
+            lambda: self._core.llm_usage(
+                customer_id, vendor, model, input_tokens, output_tokens, cached_input_tokens, cost, metadata
+            )
+        )
 
     def track_seat_activity(
         self, customer_id: str, user_id: str, *, action: str | None = None
@@ -750,6 +819,24 @@ class AsyncMetering(_Base):
         type: Literal["input", "output", "total"] | None = None,
     ) -> TrackingResult:
         return await self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
+
+    async def track_llm_usage(
+        self,
+        customer_id: str,
+        *,
+        vendor: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int | None = None,
+        cost: float | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+    ) -> TrackingResult:
+        return await self._track_one(
+            lambda: self._core.llm_usage(
+                customer_id, vendor, model, input_tokens, output_tokens, cached_input_tokens, cost, metadata
+            )
+        )
 
     async def track_seat_activity(
         self, customer_id: str, user_id: str, *, action: str | None = None

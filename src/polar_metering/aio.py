@@ -22,6 +22,7 @@ __all__ = [
     "subscribe",
     "track_ai_tokens",
     "track_api_request",
+    "track_llm_usage",
     "track_seat_activity",
     "track_storage_update",
     "track_usage",
@@ -81,6 +82,29 @@ async def track_ai_tokens(
     type: Literal["input", "output", "total"] | None = None,
 ) -> TrackingResult:
     return await _client().track_ai_tokens(customer_id, tokens, model=model, type=type)
+
+
+async def track_llm_usage(
+    customer_id: str,
+    *,
+    vendor: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int | None = None,
+    cost: float | Mapping[str, Any] | None = None,
+    metadata: Mapping[str, MetadataValue] | None = None,
+) -> TrackingResult:
+    return await _client().track_llm_usage(
+        customer_id,
+        vendor=vendor,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=cached_input_tokens,
+        cost=cost,
+        metadata=metadata,
+    )
 
 
 async def track_seat_activity(customer_id: str, user_id: str, *, action: str | None = None) -> TrackingResult:
