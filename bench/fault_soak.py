@@ -4,6 +4,9 @@ emulator must hold exactly the events that were tracked, none lost and none twic
 
     python bench/fault_soak.py [--events 100000] [--faults 0.3] [--kills 3] [--batch 200]
 
+The producer uses the default delivery settings (durable commits, 1000-event requests, default
+leases and backoff); only the request timeout is shortened, so that stalls outlast it.
+
 The producer writes ``start <i>`` before and ``done <i>`` after each ``track_usage_batch`` call, with
 external ids it chooses (``ev-<i>-<k>``). Batches marked done must all arrive (they were in the
 durable outbox when the call returned); a batch started but not done when the kill came may or may
@@ -27,17 +30,17 @@ from pathlib import Path
 from polar_metering.emulator import running_emulator
 from polar_metering.emulator._faults import FaultPlan, running_fault_proxy
 
+# The producer runs with the default delivery settings (durable commits, default leases, backoff
+# and batching) for a server on this machine; the request timeout alone is shortened, so that the
+# proxy's stalls run past it and the client gives up on requests the server did store.
 PRODUCER = r"""
 import os, sys
 from polar_metering import Metering
-from polar_metering.delivery import DeliveryConfig
-base, token, outbox, log, start, end, batch, send = sys.argv[1:9]
-start, end, batch, send = int(start), int(end), int(batch), int(send)
-delivery = DeliveryConfig(path=outbox, durable=True, lease_seconds=2.0, backoff_base=0.05, max_backoff=1.0,
-                          batch_max_events=send, poll_interval=0.2, environment=None,
-                          rate_limit_per_minute=600_000)
-client = Metering(f"polar://?base_url={base}", access_token=token, backend_options={"delivery": delivery,
-                  "timeout": 1.0})
+base, token, outbox, log, start, end, batch = sys.argv[1:8]
+start, end, batch = int(start), int(end), int(batch)
+client = Metering(f"polar://?base_url={base}", access_token=token, outbox_path=outbox,
+                  backend_options={"timeout": 1.0})
+assert client.backend.outbox.config.durable
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 for i in range(start, end, batch):
     n = min(batch, end - i)
@@ -132,7 +135,7 @@ def _drain(outbox: Path, base: str, token: str) -> None:
 
 
 def run_soak(
-    events: int, faults: float, kills: int, batch: int = 200, seed: int = 1, send_batch: int = 250
+    events: int, faults: float, kills: int, batch: int = 200, seed: int = 1
 ) -> SoakResult:
     share = faults / 4
     plan = FaultPlan(
@@ -168,7 +171,6 @@ def run_soak(
                     str(next_index),
                     str(events),
                     str(batch),
-                    str(send_batch),
                 ],
                 env=env,
             )
@@ -215,9 +217,8 @@ def main() -> None:
     parser.add_argument("--faults", type=float, default=0.3)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--batch", type=int, default=200, help="events per track_usage_batch call")
-    parser.add_argument("--send-batch", type=int, default=250, help="events per request to the API")
     args = parser.parse_args()
-    r = run_soak(args.events, args.faults, args.kills, args.batch, send_batch=args.send_batch)
+    r = run_soak(args.events, args.faults, args.kills, args.batch)
     total = sum(r.faults.values())
     faulted = total - r.faults["passed"]
     print(

@@ -40,7 +40,8 @@ class SystemClock:
 class ManualClock:
     """A clock that moves only when told to, for tests: ``clock.advance(days=31)``.
 
-    Wall time and monotonic time advance together.
+    ``advance`` moves wall time and monotonic time together; ``step`` moves wall time alone, either
+    way, to test what a wall-clock correction does.
     """
 
     def __init__(self, start: datetime | str | None = None) -> None:
@@ -68,6 +69,14 @@ class ManualClock:
         with self._lock:
             self._now += delta
             self._mono += delta.total_seconds()
+            return self._now
+
+    def step(self, seconds: float = 0.0, **kwargs: float) -> datetime:
+        """Step the wall clock alone, forward or back, as an NTP correction or a restored VM snapshot
+        does; monotonic time does not move. For testing code that must not trust wall time."""
+        delta = timedelta(seconds=seconds, **kwargs)
+        with self._lock:
+            self._now += delta
             return self._now
 
     def set(self, when: datetime) -> datetime:

@@ -152,10 +152,10 @@ def producer(outbox_path: str, ledger: str, prefix: str, count: int, go: Any) ->
         raise SystemExit(3)
 
 
-def hanging_sender(outbox_path: str, ledger: str, marker: str, count: int) -> None:
+def hanging_sender(outbox_path: str, ledger: str, marker: str, count: int, lease: float = 1.0) -> None:
     """Child process: enqueue ``count`` events and start sending them through a transport that hangs
-    after taking the lease, until the parent kills this process."""
-    config = fast_config(Path(outbox_path), lease_seconds=1.0, batch_max_events=count)
+    after taking the lease (held ``lease`` seconds), until the parent kills this process."""
+    config = fast_config(Path(outbox_path), lease_seconds=lease, batch_max_events=count)
     outbox = Outbox(config, LedgerTransport(ledger, block_marker=marker))
     outbox.enqueue(make_events(count, prefix="killed"), durable=True)
     outbox.flush()  # never returns: the transport hangs

@@ -170,3 +170,46 @@ def test_events_leased_by_a_killed_sender_are_sent_after_the_lease_expires(tmp_p
     sent = Counter(ledger_ids(tmp_path / "ledger.db"))
     assert set(sent) == {f"killed-{i}" for i in range(20)}
     assert set(sent.values()) == {1}
+
+
+def _start_hanging(tmp_path: Path, lease: float) -> multiprocessing.process.BaseProcess:
+    ctx = multiprocessing.get_context("spawn")
+    marker = tmp_path / "sending"
+    proc = ctx.Process(
+        target=hanging_sender,
+        args=(str(tmp_path / "o.db"), str(tmp_path / "ledger.db"), str(marker), 20, lease),
+    )
+    proc.start()
+    for _ in range(6000):
+        if marker.exists() or not proc.is_alive():
+            break
+        time.sleep(0.01)
+    assert marker.exists(), "the child never started sending"
+    return proc
+
+
+def test_leases_of_a_dead_process_are_taken_over_at_once(tmp_path: Path) -> None:
+    """A restarted worker does not wait out the lease (here ten minutes) of a process that died on
+    this machine: it delivers the batch right away, each event once."""
+    proc = _start_hanging(tmp_path, lease=600.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+    outbox = Outbox(fast_config(tmp_path / "o.db"), LedgerTransport(tmp_path / "ledger.db"))
+    assert outbox.drain(timeout=30), "the dead sender's lease was not taken over"
+    outbox.close()
+    sent = Counter(ledger_ids(tmp_path / "ledger.db"))
+    assert set(sent) == {f"killed-{i}" for i in range(20)}
+    assert set(sent.values()) == {1}
+
+
+def test_leases_of_a_live_process_are_left_alone(tmp_path: Path) -> None:
+    """A sender that is slow, not dead, keeps its lease: another process does not send its batch."""
+    proc = _start_hanging(tmp_path, lease=600.0)
+    try:
+        outbox = Outbox(fast_config(tmp_path / "o.db"), LedgerTransport(tmp_path / "ledger.db"))
+        assert not outbox.drain(timeout=3)
+        outbox.close(timeout=0.5)
+        assert ledger_ids(tmp_path / "ledger.db") == []
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)

@@ -17,11 +17,12 @@ _spec.loader.exec_module(fault_soak)
 
 
 def test_no_event_lost_or_duplicated_through_faults_and_kills() -> None:
-    """429s, 500s, stalls and dropped connections on a third of the requests, and a producer killed
-    with SIGKILL mid-stream twice: every acknowledged event arrives once, nothing else arrives."""
-    result = fault_soak.run_soak(events=2000, faults=0.4, kills=2, batch=100, seed=7, send_batch=40)
+    """429s, 500s, stalls and dropped connections on half of the requests, and a producer with the
+    default delivery settings killed with SIGKILL mid-stream twice: every acknowledged event arrives
+    once, nothing else arrives."""
+    result = fault_soak.run_soak(events=8000, faults=0.5, kills=2, batch=100, seed=7)
     assert result.kills == 2
-    assert sum(result.faults.values()) - result.faults["passed"] >= 5, result.faults
+    assert sum(result.faults.values()) - result.faults["passed"] >= 3, result.faults
     assert result.done, "the producer acknowledged events"
     assert not result.lost, f"{len(result.lost)} acknowledged events never arrived"
     assert result.duplicated == 0

@@ -49,23 +49,11 @@ from polar_metering.backends._engine.rollups import (
     dumps,
     merge,
 )
+from polar_metering.backends._engine.timekeeping import EngineTime, from_us, to_us
 
 __all__ = ["LocalEngine", "Window", "to_us", "from_us"]
 
 _IN_CHUNK = 500  # bound on IN (...) lists; SQLite's default variable limit is far above this
-
-
-def to_us(when: datetime) -> int:
-    """Microseconds since the epoch: exact integer time for both databases."""
-    d = when - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
-
-
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
@@ -145,7 +133,11 @@ class LocalEngine(PolarSurface, Backend):
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
-        held = "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? AND h.expires_us > ?"
+        self.time = EngineTime(clock, self.db)
+        held = (
+            "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? "
+            f"AND h.expires_us > {self.time.hold_sql}"
+        )
         self._sql_account = self._sql(
             "SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?"
         )
@@ -157,6 +149,8 @@ class LocalEngine(PolarSurface, Backend):
         )
         if options.get("create_schema", True):
             self._create_schema()
+        with self.db.errors(), self.db.write() as conn:
+            self.time.load(conn)
         self._sync_catalog()
 
     def _sql(self, text: str) -> str:
@@ -186,7 +180,7 @@ class LocalEngine(PolarSurface, Backend):
 
     def _sync_catalog(self) -> None:
         """Store the code catalog's meters (by slug) and plans: code is the source of truth here."""
-        now = to_us(self.clock.now())
+        now = to_us(self.time.now())
         changed: list[str] = []
         with self.db.write() as conn:
             self.db.serialize_setup(conn)  # processes opening one PostgreSQL database at once
@@ -359,7 +353,7 @@ class LocalEngine(PolarSurface, Backend):
         row = conn.execute(query).first()
         if row is not None:
             return row
-        now = to_us(self.clock.now())
+        now = to_us(self.time.now())
         conn.execute(
             insert_ignore(self.db.engine, t.usage).values(
                 customer=customer,
@@ -419,7 +413,8 @@ class LocalEngine(PolarSurface, Backend):
         return self._ingest_rows(conn, rows)
 
     def _ingest_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
-        now_us = to_us(self.clock.now())
+        now_us = to_us(self.time.now())
+        self.time.save(conn, now_us)
         # §1.3: first write wins, within the batch too.
         seen: set[str] = set()
         fresh: list[tuple[Any, ...]] = []
@@ -579,10 +574,9 @@ class LocalEngine(PolarSurface, Backend):
         SQLAlchemy expressions would cost several times the database's own work."""
         acct = conn.exec_driver_sql(self._sql_account, (customer,)).first()
         window = self._window_of(conn, acct, now)
-        now_us = to_us(now)
+        held = (customer, meter.id, *self.time.hold_params())
         row = conn.exec_driver_sql(
-            self._sql_reading,
-            (customer, meter.id, now_us, customer, meter.id, now_us, customer, meter.id, window.start_us),
+            self._sql_reading, (*held, *held, customer, meter.id, window.start_us)
         ).one()
         n, total, vmax, vmin, credited, held_sum, held_max, exists = row
         if exists is None:
@@ -605,10 +599,10 @@ class LocalEngine(PolarSurface, Backend):
     def reading(self, customer: str, meter: Meter) -> MeterReading:
         compiled = self._meter_id(meter)
         with self.db.read() as conn:
-            return self._reading(conn, customer, compiled, self.clock.now())
+            return self._reading(conn, customer, compiled, self.time.now())
 
     def readings(self, customer: str) -> dict[str, MeterReading]:
-        now = self.clock.now()
+        now = self.time.now()
         with self.db.read() as conn:
             return {
                 m.slug: self._reading(conn, customer, self._meter_id(m), now) for m in self.catalog.meters
@@ -620,7 +614,7 @@ class LocalEngine(PolarSurface, Backend):
         if key is None:
             return True  # a null value is never counted, so it never takes a new unit
         with self.db.read() as conn:
-            window = self._window(conn, customer, self.clock.now())
+            window = self._window(conn, customer, self.time.now())
             return (
                 conn.execute(
                     select(t.usage_values.c.value_key).where(
@@ -658,7 +652,7 @@ class LocalEngine(PolarSurface, Backend):
         before ``started_at`` does not count against the new plan.
         """
         plan_name = plan.name if isinstance(plan, Plan) else plan
-        now = self.clock.now()
+        now = self.time.now()
         anchor = now if started_at is None else started_at.astimezone(UTC)
         if anchor > now:
             raise ConfigurationError("started_at: must not be in the future")
@@ -677,7 +671,7 @@ class LocalEngine(PolarSurface, Backend):
         customer id or a customer key; resets every meter of the customer."""
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
-            now_us = to_us(self.clock.now())
+            now_us = to_us(self.time.now())
             conn.execute(
                 insert_ignore(self.db.engine, t.accounts).values(
                     customer=key, plan=None, anchor_us=None, reset_us=now_us
@@ -692,7 +686,7 @@ class LocalEngine(PolarSurface, Backend):
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
             meter = self._meters.get(meter_id) or self._meter_id(meter_id)
-            window = self._window(conn, key, self.clock.now())
+            window = self._window(conn, key, self.time.now())
             row = self._usage_row(conn, key, meter, window, lock=True)
             credited = max(0.0, (row.credited or 0.0) + float(units))
             flagged = flagged_credit(row, window.plan)
@@ -709,7 +703,7 @@ class LocalEngine(PolarSurface, Backend):
                         t.usage.c.window_us == window.start_us,
                     )
                 )
-                .values(credited=credited, credited_rollover=flagged, modified_us=to_us(self.clock.now()))
+                .values(credited=credited, credited_rollover=flagged, modified_us=to_us(self.time.now()))
             )
 
     def _customer_key(self, conn: Connection, customer_id: str) -> str:
@@ -733,7 +727,7 @@ class LocalEngine(PolarSurface, Backend):
                 self._rebuild_customer(conn, c, meter_id)
 
     def _rebuild_customer(self, conn: Connection, customer: str, meter_id: str | None = None) -> None:
-        now = self.clock.now()
+        now = self.time.now()
         window = self._window(conn, customer, now)
         # Sorted: rollup rows are locked in key order everywhere, so writers never deadlock on them.
         targets = sorted(
@@ -787,7 +781,7 @@ class LocalEngine(PolarSurface, Backend):
         self, customer: str, meter: Meter, amount: float, *, ttl: float
     ) -> tuple[Hold | None, MeterReading]:
         compiled = self._meter_id(meter)
-        now = self.clock.now()
+        now = self.time.now()
         now_us = to_us(now)
         with self.db.write() as conn:
             window = self._window(conn, customer, now)
@@ -799,7 +793,7 @@ class LocalEngine(PolarSurface, Backend):
                     and_(
                         t.holds.c.customer == customer,
                         t.holds.c.meter_id == compiled.id,
-                        t.holds.c.expires_us <= now_us,
+                        t.holds.c.expires_us <= self.time.hold_now(),
                     )
                 )
             )
@@ -819,7 +813,7 @@ class LocalEngine(PolarSurface, Backend):
                     customer=customer,
                     meter_id=compiled.id,
                     amount=float(amount),
-                    expires_us=to_us(hold.expires_at),
+                    expires_us=self.time.hold_expiry(ttl),  # on the hold clock, not the wall clock
                     created_us=now_us,
                 )
             )
@@ -853,7 +847,7 @@ class LocalEngine(PolarSurface, Backend):
                         and_(
                             t.holds.c.customer == customer,
                             t.holds.c.meter_id == compiled.id,
-                            t.holds.c.expires_us > to_us(self.clock.now()),
+                            t.holds.c.expires_us > self.time.hold_now(),
                         )
                     )
                 ).scalar_one()
