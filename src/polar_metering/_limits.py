@@ -724,11 +724,17 @@ class MarkingTransport:
     with ``duplicates=True`` when Polar said it already had every event of the batch."""
 
     def __init__(self, inner: Any, on_sent: Callable[..., object], wall: Callable[[], float]) -> None:
-        self._inner, self._on_sent, self._wall = inner, on_sent, wall
+        from polar_metering.delivery._sender import accepts_timeout
 
-    def send(self, events: list[dict[str, Any]]) -> Any:
+        self._inner, self._on_sent, self._wall = inner, on_sent, wall
+        self._timeouts = accepts_timeout(inner)
+
+    def send(self, events: list[dict[str, Any]], *, timeout: float | None = None) -> Any:
         started = self._wall()
-        result = self._inner.send(events)
+        if self._timeouts and timeout is not None:
+            result = self._inner.send(events, timeout=timeout)
+        else:
+            result = self._inner.send(events)
         ids = [e["external_id"] for e in events if "external_id" in e]
         known = getattr(result, "duplicates", 0) == len(events) and getattr(result, "inserted", 1) == 0
         try:

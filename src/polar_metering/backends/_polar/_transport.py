@@ -23,7 +23,8 @@ class SdkTransport:
         self._client: Polar | None = None
         self._lock = threading.Lock()
 
-    def send(self, events: list[dict[str, Any]]) -> SendResult:
+    def send(self, events: list[dict[str, Any]], *, timeout: float | None = None) -> SendResult:
+        """Send one batch; ``timeout`` (seconds) replaces the client's for this request."""
         client = self._client
         if client is None:
             with self._lock:
@@ -31,7 +32,10 @@ class SdkTransport:
         with polar_errors("ingest events", self._settings):
             # The SDK sends the events as they are: ISO-8601 timestamps with an offset, never
             # organization_id (an organization token forbids it, §1.5).
-            response = client.events.ingest(events=events)  # type: ignore[arg-type]
+            response = client.events.ingest(
+                events=events,  # type: ignore[arg-type]
+                request_timeout=timeout,
+            )
         return SendResult(inserted=response.inserted, duplicates=response.duplicates)
 
     def close(self) -> None:
