@@ -165,7 +165,7 @@ class _Pages:
             headers={
                 "x-dashboard-marker": marker,
                 "cache-control": "no-store",
-                "referrer-policy": "no-referrer",
+                "referrer-policy": "same-origin",
                 "x-content-type-options": "nosniff",
                 "x-frame-options": "DENY",
             },

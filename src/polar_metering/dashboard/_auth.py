@@ -173,7 +173,7 @@ class Gate:
                     (b"location", location.encode("latin-1")),
                     (b"set-cookie", cookie.encode("latin-1")),
                     (b"cache-control", b"no-store"),
-                    (b"referrer-policy", b"no-referrer"),
+                    (b"referrer-policy", b"same-origin"),
                     (b"content-length", b"0"),
                 ],
             }

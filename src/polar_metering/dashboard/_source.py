@@ -268,6 +268,7 @@ class EngineSource(Source):
         first = add_months(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), -11)
         compiled = [self.engine._meter_id(m) for m in self.meters]
         totals = reports.period_totals(self.engine, compiled, since_us=to_us(first))
+        current = reports.current_totals(self.engine, compiled, now_us=to_us(now))
         out = []
         for meter in self.meters:
             mine = {p.month: p for p in totals if p.meter == meter.slug}
@@ -275,7 +276,7 @@ class EngineSource(Source):
             series = [
                 (m.strftime("%b %Y"), m.timestamp(), mine[m].total if m in mine else 0.0) for m in months
             ]
-            latest = mine.get(months[-1])
+            this_period = current.get(meter.slug, (0.0, 0))
             out.append(
                 MeterTotals(
                     slug=meter.slug,
@@ -289,8 +290,8 @@ class EngineSource(Source):
                     unit=meter.unit,
                     totals=series,
                     totals_label="Usage summed over customers, by the month each billing period began",
-                    current_total=latest.total if latest else 0.0,
-                    customers_with_usage=latest.customers if latest else 0,
+                    current_total=this_period[0],
+                    customers_with_usage=this_period[1],
                 )
             )
         return out

@@ -29,6 +29,7 @@ __all__ = [
     "PeriodTotal",
     "active_holds",
     "change_marker",
+    "current_totals",
     "customer_exists",
     "period_totals",
     "ranking",
@@ -230,3 +231,21 @@ def period_totals(
         (PeriodTotal(meter, month, total, int(n)) for (meter, month), (total, n) in merged.items()),
         key=lambda p: (p.meter, p.month),
     )
+
+
+def current_totals(
+    engine: LocalEngine, meters: Sequence[CompiledMeter], *, now_us: int
+) -> dict[str, tuple[float, int]]:
+    """Per meter slug: usage summed over every customer's current window, and how many customers
+    have some (from the rollups)."""
+    u, a = t.usage.c, t.accounts.c
+    consumed = _consumed(meters)
+    query = (
+        select(u.meter_id, func.sum(consumed), func.sum(case((consumed != 0, 1), else_=0)))
+        .select_from(t.usage.outerjoin(t.accounts, a.customer == u.customer))
+        .where(u.meter_id.in_([m.id for m in meters]), _current_rows(now_us))
+        .group_by(u.meter_id)
+    )
+    slugs = {m.id: m.slug or m.id for m in meters}
+    with engine.db.read() as conn:
+        return {slugs[r[0]]: (float(r[1] or 0.0), int(r[2] or 0)) for r in conn.execute(query)}
