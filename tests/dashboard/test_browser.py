@@ -290,7 +290,10 @@ def test_delivery_page_on_the_emulator_with_a_dead_letter_retried(
                 screenshot(page, tmp_path, "polar-overview")
                 page.goto(f"{url}/customers/acme")
                 page.wait_for_selector(".chart canvas")
-                assert page.locator("article[data-meter='api_requests'] [data-field=current]").inner_text() == "9"
+                assert (
+                    page.locator("article[data-meter='api_requests'] [data-field=current]").inner_text()
+                    == "9"
+                )
                 screenshot(page, tmp_path, "polar-customer")
                 page.goto(f"{url}/meters")
                 page.wait_for_selector(".chart canvas")

@@ -108,7 +108,13 @@ class HistoryReader:
     def quantities(
         self, meter_id: str, customer: str, *, start: datetime, end: datetime, interval: str
     ) -> History:
-        key = (meter_id, customer, _iso(start), _iso(end), interval)
+        from polar_metering.backends._engine.polar_surface import series
+
+        # Polar's points are start, start + 1 interval, ... up to end: any end inside the last
+        # bucket asks the same question, so the cache keys on the last point, not on "now".
+        points = series(start, end, interval)
+        last = points[-1] if points else start
+        key = (meter_id, customer, _iso(start), _iso(last), interval)
         now = self._monotonic()
         with self._lock:
             cached = self._cache.get(key)
@@ -136,10 +142,10 @@ class HistoryReader:
             if cached is not None:
                 return cached[1]
             raise
-        points = [(_parse(q.timestamp), float(q.quantity)) for q in answer.quantities]
+        history = [(_parse(q.timestamp), float(q.quantity)) for q in answer.quantities]
         with self._lock:
-            self._cache[key] = (self._monotonic(), points)
+            self._cache[key] = (self._monotonic(), history)
             self._cache.move_to_end(key)
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        return points
+        return history
