@@ -42,7 +42,9 @@ def customer_id(i: int) -> str:
     return f"cust_{i:05d}"
 
 
-def add_events(client: Metering, count: int, customers: int, *, offset: int = 0, only: str | None = None) -> None:
+def add_events(
+    client: Metering, count: int, customers: int, *, offset: int = 0, only: str | None = None
+) -> None:
     now = datetime.now(UTC)
     batch: list[dict[str, Any]] = []
     for k in range(offset, offset + count):
@@ -50,11 +52,21 @@ def add_events(client: Metering, count: int, customers: int, *, offset: int = 0,
         when = now - timedelta(seconds=(k * 7919) % (30 * 86400))
         if k % 10 == 9:
             batch.append(
-                {"customer_id": who, "event_name": "ai.tokens", "metadata": {"tokens": 100 + k % 50}, "timestamp": when}
+                {
+                    "customer_id": who,
+                    "event_name": "ai.tokens",
+                    "metadata": {"tokens": 100 + k % 50},
+                    "timestamp": when,
+                }
             )
         else:
             batch.append(
-                {"customer_id": who, "event_name": "api.request", "metadata": {"endpoint": "/v1/x"}, "timestamp": when}
+                {
+                    "customer_id": who,
+                    "event_name": "api.request",
+                    "metadata": {"endpoint": "/v1/x"},
+                    "timestamp": when,
+                }
             )
         if len(batch) == 5000:
             assert client.track_usage_batch(batch).success
@@ -75,7 +87,10 @@ def build(path: Path, customers: int, small: int, big: int, heavy: int) -> tuple
         add_events(client, big - small - heavy, customers, offset=small)
         if heavy:
             add_events(client, heavy, customers, offset=big, only="heavy")
-    print(f"built {customers:,} customers, {small:,} and {big:,} events in {time.perf_counter() - started:.0f} s")
+    print(
+        f"built {customers:,} customers, {small:,} and {big:,} events "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
     return f"sqlite:///{small_db}", f"sqlite:///{big_db}"
 
 
@@ -149,7 +164,10 @@ def main() -> None:
             try:
                 for name, (path, cold) in PAGES.items():
                     results[name].append(
-                        (timed(small, path, args.requests, cold=cold), timed(big, path, args.requests, cold=cold))
+                        (
+                            timed(small, path, args.requests, cold=cold),
+                            timed(big, path, args.requests, cold=cold),
+                        )
                     )
                 if args.heavy:
                     heavy.append(timed(big, "/customers/heavy", max(3, args.requests // 10), cold=False))
@@ -168,7 +186,9 @@ def main() -> None:
                 f"ratio {ratio:.2f} (runs: {', '.join(f'{r:.2f}' for r in ratios)})"
             )
         if heavy:
-            print(f"{'heavy customer':>18}: p50 {statistics.median(heavy):7.1f} ms with {args.heavy:,} events")
+            print(
+                f"{'heavy customer':>18}: p50 {statistics.median(heavy):7.1f} ms with {args.heavy:,} events"
+            )
         print(f"worst ratio {worst:.2f} (target <= 1.5): {'met' if worst <= 1.5 else 'NOT met'}")
 
 

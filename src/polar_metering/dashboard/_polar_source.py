@@ -1,9 +1,9 @@
 """The dashboard on ``polar://``: customer meters, meter quantities and the delivery outbox.
 
-Polar keeps the numbers (https://docs.polar.sh/api-reference/customer-meters/list), so the overview
-holds a local copy of every customer-meter row: a background refresher lists them all once (100 a
-request, sorted by customer so pages stay stable), then keeps asking for the most recently modified
-page. Every request spends from the same read budget as ``usage_history``
+Polar keeps the numbers (``server/polar/customer_meter/endpoints.py`` of polarsource/polar at
+c6c3645), so the overview holds a local copy of every customer-meter row: a background refresher
+lists them all once (100 a request, sorted by customer so pages stay stable), then keeps asking
+for the most recently modified page. Every request spends from the same read budget as ``usage_history``
 (``backends/_polar/_history.py``): a dashboard takes a small, fixed share of the token's rate limit
 and never competes with event delivery. While the first listing runs the overview says how much it
 has loaded.

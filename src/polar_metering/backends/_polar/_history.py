@@ -1,9 +1,9 @@
 """Usage history on ``polar://``: Polar's meter quantities, cached, within a request budget.
 
-``GET /v1/meters/{id}/quantities`` (https://docs.polar.sh/api-reference/meters/quantities) buckets a
-meter's events by timestamp for one customer. Every read spends from the same per-token rate limit
-as event ingestion (500 requests a minute in production, 100 in the sandbox:
-https://docs.polar.sh/api-reference/introduction), so history reads here take a small share of it:
+``GET /v1/meters/{id}/quantities`` (``server/polar/meter/endpoints.py`` of polarsource/polar at
+c6c3645) buckets a meter's events by timestamp for one customer. Every read spends from the same
+per-token rate limit as event ingestion (500 requests a minute in production, 100 in the sandbox:
+``server/polar/rate_limit.py`` at c6c3645), so history reads here take a small share of it:
 answers are cached for ``ttl`` seconds, and past the budget a cached answer is served even if old,
 or :class:`RateLimited` says when to ask again. Delivery is never starved by a dashboard.
 """
