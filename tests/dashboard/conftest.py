@@ -85,8 +85,10 @@ def seed(client: Metering, customers: int = 12) -> None:
     client.track_api_request("walk_in", "/v1/free")  # no plan: no limit
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope: Playwright's sync API keeps an event loop running on the main thread while it is
+    # open, which would break asyncio.run() in later test modules.
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     from playwright.sync_api import sync_playwright
