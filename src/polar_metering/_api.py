@@ -36,6 +36,7 @@ __all__ = [
     "track_storage_update",
     "track_usage",
     "track_usage_batch",
+    "usage_history",
     "with_usage_limit",
     "with_usage_limit_safe",
 ]
@@ -183,6 +184,19 @@ def check_current_limit(
 
 def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus]:
     return get_client().get_all_usage(customer_id)
+
+
+def usage_history(
+    customer_id: str,
+    meter: str,
+    *,
+    start: datetime,
+    end: datetime | None = None,
+    interval: Literal["hour", "day", "week", "month", "year"] = "day",
+) -> list[tuple[datetime, float]]:
+    """Usage per time bucket, by event time: ``[(bucket_start, quantity), ...]`` (see
+    :meth:`Metering.usage_history`)."""
+    return get_client().usage_history(customer_id, meter, start=start, end=end, interval=interval)
 
 
 def with_usage_limit(
