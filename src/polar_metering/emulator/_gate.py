@@ -75,7 +75,7 @@ async def _drain(receive: Receive) -> None:
 
 
 class Gate:
-    """Rate limit (``/v1`` only, like Polar's catch-all zone), then 411/413, then the bearer token."""
+    """411/413, then the rate limit (``/v1`` only, like Polar's catch-all zone), then the bearer token."""
 
     def __init__(self, app: ASGIApp, *, token: Secret, rate_limiter: RateLimiter | None = None) -> None:
         self.app = app
@@ -100,10 +100,8 @@ class Gate:
     def _check(self, scope: Scope) -> Response | None:
         headers = Headers(scope=scope)
         authorization = headers.get("authorization", "")
-        if self._limiter is not None and scope["path"].startswith("/v1"):
-            key = hashlib.sha256(authorization.encode()).hexdigest()
-            if not self._limiter.allow(key):
-                return Response(status_code=429, headers={"Retry-After": str(_WINDOW_SECONDS)})
+        # Polar's MaxBodySizeMiddleware sits outside its rate limiter (server/polar/app.py,
+        # server/polar/middlewares.py at c6c3645), so 411/413 come first.
         if scope["method"] in ("POST", "PUT", "PATCH"):
             length = headers.get("content-length")
             if length is None:
@@ -116,10 +114,16 @@ class Gate:
                 return JSONResponse(
                     {
                         "error": "RequestBodyTooLarge",
-                        "detail": f"Request body is too large. The maximum is {MAX_BODY_BYTES} bytes.",
+                        "detail": (
+                            f"Request body exceeded the maximum allowed size of {MAX_BODY_BYTES} bytes."
+                        ),
                     },
                     413,
                 )
+        if self._limiter is not None and scope["path"].startswith("/v1"):
+            key = hashlib.sha256(authorization.encode()).hexdigest()
+            if not self._limiter.allow(key):
+                return Response(status_code=429, headers={"Retry-After": str(_WINDOW_SECONDS)})
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return JSONResponse(
