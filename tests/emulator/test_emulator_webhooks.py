@@ -3,6 +3,7 @@ non-2xx as Polar's server retries; and end to end into ``polar_metering.webhooks
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import tempfile
@@ -73,6 +74,7 @@ def _listening() -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
 def _serve(app: Any, sock: socket.socket) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -101,7 +103,8 @@ def receiver() -> _Receiver:
 
 @pytest.fixture
 def receiver_url(receiver: _Receiver) -> Iterator[str]:
-    yield from _serve(receiver, _listening())
+    with _serve(receiver, _listening()) as url:
+        yield url
 
 
 @pytest.fixture
@@ -117,7 +120,8 @@ def test_subscription_grant_and_state_webhooks_in_polar_shape(
     """A subscription sends subscription.created/active/updated, a benefit_grant.created per
     credited meter and customer.state_changed; each verifies with polar-sdk and has Polar's shape
     (no api_version: the server sends none)."""
-    with emulator_thread(engine, webhook_url=receiver_url, webhook_secret=SECRET, webhook_backoff=0.01) as emu:
+    options: dict[str, Any] = {"webhook_url": receiver_url, "webhook_secret": SECRET, "webhook_backoff": 0.01}
+    with emulator_thread(engine, **options) as emu:
         admin = AdminClient(emu.base_url, emu.token)
         customer = admin.create_customer(external_id="w1", email="w1@example.com")
         admin.create_plan("pro", {"api_requests": 10, "ai_tokens": 500})
@@ -136,7 +140,8 @@ def test_subscription_grant_and_state_webhooks_in_polar_shape(
         assert record["headers"]["webhook-id"]
     by_type = {r["payload"]["type"]: r["payload"]["data"] for r in receiver.received}
     sub = by_type["subscription.created"]
-    assert (sub["status"], sub["customer"]["external_id"], sub["customer_id"]) == ("active", "w1", customer["id"])
+    assert (sub["status"], sub["customer"]["external_id"]) == ("active", "w1")
+    assert sub["customer_id"] == customer["id"]
     assert sub["product"]["name"] == "pro"
     assert sorted(b["properties"]["units"] for b in sub["product"]["benefits"]) == [10, 500]
     grant = by_type["benefit_grant.created"]
@@ -154,33 +159,37 @@ def test_failed_deliveries_are_retried_with_backoff_until_2xx(engine: LocalEngin
     """Non-2xx answers are retried (Polar: exponential backoff, at most 10 attempts); the same
     webhook-id and body every time, so the endpoint can tell a retry from a new event."""
     receiver = _Receiver([500, 503, 404])
-    for url in _serve(receiver, _listening()):
-        with emulator_thread(engine, webhook_url=url, webhook_secret=SECRET, webhook_backoff=0.01) as emu:
-            AdminClient(emu.base_url, emu.token).create_customer(external_id="r1")
-            _wait(lambda: any(r["answered"] == 200 for r in receiver.received))
-            first = [r for r in receiver.received if r["payload"]["type"] == "customer.created"]
-            assert [r["answered"] for r in first] == [500, 503, 404, 200]
-            assert len({r["headers"]["webhook-id"] for r in first}) == 1
-            assert len({r["body"] for r in first}) == 1
-            deliveries = AdminClient(emu.base_url, emu.token).webhooks()
-            created = next(d for d in deliveries if d["type"] == "customer.created")
-            assert (created["status"], created["attempts"], created["responses"]) == (
-                "succeeded",
-                4,
-                [500, 503, 404, 200],
-            )
+    with (
+        _serve(receiver, _listening()) as url,
+        emulator_thread(engine, webhook_url=url, webhook_secret=SECRET, webhook_backoff=0.01) as emu,
+    ):
+        AdminClient(emu.base_url, emu.token).create_customer(external_id="r1")
+        _wait(lambda: any(r["answered"] == 200 for r in receiver.received))
+        first = [r for r in receiver.received if r["payload"]["type"] == "customer.created"]
+        assert [r["answered"] for r in first] == [500, 503, 404, 200]
+        assert len({r["headers"]["webhook-id"] for r in first}) == 1
+        assert len({r["body"] for r in first}) == 1
+        deliveries = AdminClient(emu.base_url, emu.token).webhooks()
+        created = next(d for d in deliveries if d["type"] == "customer.created")
+        assert (created["status"], created["attempts"], created["responses"]) == (
+            "succeeded",
+            4,
+            [500, 503, 404, 200],
+        )
 
 
 def test_a_delivery_is_failed_after_ten_attempts(engine: LocalEngine) -> None:
     receiver = _Receiver([500] * 50)
-    for url in _serve(receiver, _listening()):
-        with emulator_thread(engine, webhook_url=url, webhook_secret=SECRET, webhook_backoff=0.001) as emu:
-            admin = AdminClient(emu.base_url, emu.token)
-            admin.create_customer(external_id="f1")
-            _wait(lambda: any(d["status"] == "failed" for d in admin.webhooks()))
-            failed = next(d for d in admin.webhooks() if d["type"] == "customer.created")
-            assert (failed["status"], failed["attempts"]) == ("failed", 10)
-            assert [r["payload"]["type"] for r in receiver.received].count("customer.created") == 10
+    with (
+        _serve(receiver, _listening()) as url,
+        emulator_thread(engine, webhook_url=url, webhook_secret=SECRET, webhook_backoff=0.001) as emu,
+    ):
+        admin = AdminClient(emu.base_url, emu.token)
+        admin.create_customer(external_id="f1")
+        _wait(lambda: any(d["status"] == "failed" for d in admin.webhooks()))
+        failed = next(d for d in admin.webhooks() if d["type"] == "customer.created")
+        assert (failed["status"], failed["attempts"]) == ("failed", 10)
+        assert [r["payload"]["type"] for r in receiver.received].count("customer.created") == 10
 
 
 def test_an_unreachable_endpoint_is_retried_too(engine: LocalEngine) -> None:
@@ -225,7 +234,7 @@ def test_end_to_end_emulator_to_the_library_endpoint_invalidates_a_cached_readin
         )
         holder["client"] = client
         try:
-            for _ in _serve(endpoint, sock):
+            with _serve(endpoint, sock):
                 admin = AdminClient(emu.base_url, emu.token)
                 admin.create_customer(external_id="e2e", email="e2e@example.com")
                 admin.grant("e2e", "api_requests", 10)
@@ -235,8 +244,8 @@ def test_end_to_end_emulator_to_the_library_endpoint_invalidates_a_cached_readin
                     polar.events.ingest(events=[{"name": "api.request", "external_customer_id": "e2e"}] * 3)
                 # Only the webhook can tell the client: the events did not go through it.
                 _wait(lambda: client.check_limit("e2e", "api_requests").current == 3)
-                states = [d for d in admin.webhooks() if d["type"] == "customer.state_changed"]
-                assert states and all(d["status"] == "succeeded" for d in states)
+                _wait(lambda: all(d["status"] == "succeeded" for d in admin.webhooks()))
+                assert any(d["type"] == "customer.state_changed" for d in admin.webhooks())
                 assert client.backend.limits.cache.stats().invalidations > 0
         finally:
             client.close(timeout=5)
@@ -259,8 +268,11 @@ def test_the_cli_takes_webhook_options_without_printing_the_secret(tmp_path: Pat
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "polar_metering.emulator", "--port", "0", "--db", f"sqlite:///{tmp_path}/x.db"]
-        + ["--webhook-url", "nope://x", "--webhook-secret", "s3cr3t-value", "--token", "tok"],
+        [
+            *(sys.executable, "-m", "polar_metering.emulator", "--port", "0"),
+            *("--db", f"sqlite:///{tmp_path}/x.db", "--token", "tok"),
+            *("--webhook-url", "nope://x", "--webhook-secret", "s3cr3t-value"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
