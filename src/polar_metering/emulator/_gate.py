@@ -62,8 +62,7 @@ class RateLimiter:
 
 
 async def _drain(receive: Receive) -> None:
-    # Read (and drop) the oversized body so a client still sending it gets the 413 instead of a
-    # reset connection; past a bound, stop and let the server close the connection.
+    # Past a bound, stop and let the server close the connection.
     seen = 0
     while seen <= 4 * MAX_BODY_BYTES:
         message = await receive()
@@ -93,9 +92,11 @@ class Gate:
         if response is None:
             await self.app(scope, receive, send)
             return
-        if response.status_code == 413:
-            await _drain(receive)
         await response(scope, receive, send)
+        if response.status_code == 413:
+            # Answered at once, as Polar does; then the rest of the body is read and dropped, so a
+            # client still sending it reads the 413 instead of a reset connection.
+            await _drain(receive)
 
     def _check(self, scope: Scope) -> Response | None:
         headers = Headers(scope=scope)
