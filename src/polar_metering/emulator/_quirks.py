@@ -21,29 +21,23 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from polar_metering._evaluate import unique_key
-from polar_metering.backends._engine.polar_surface import aggregate_values, aggregation_accepts
+from polar_metering._meter_checks import aggregation_takes, credit_event, reads_dotted_as_missing
+from polar_metering.backends._engine.polar_surface import aggregate_values
 
 if TYPE_CHECKING:
     from polar_metering.backends._engine.backend import LocalEngine
-    from polar_metering.backends._engine.records import CustomerMeterRecord, MeterRecord
+    from polar_metering.backends._engine.records import CustomerMeterRecord
     from polar_metering.backends._engine.rollups import CompiledMeter
 
-__all__ = ["PolarQuirks", "absorbs_credits", "reads_dotted_as_missing"]
-
-_RAW_FUNCS = ("max", "min", "avg", "unique")
+__all__ = ["PolarQuirks"]
 
 
-def reads_dotted_as_missing(meter: MeterRecord | CompiledMeter) -> bool:
-    """Whether Polar's customer meter reads this meter's property as one literal key."""
-    agg = meter.aggregation
-    prop = agg.property or ""
-    return agg.func in _RAW_FUNCS and "." in prop and prop not in ("name", "source", "timestamp")
-
-
-def absorbs_credits(meter: CompiledMeter, other_meter_id: str, units: float = 1.0) -> bool:
-    """Whether ``meter``'s filter (and aggregation clause) matches another meter's credit event."""
-    metadata: dict[str, Any] = {"meter_id": other_meter_id, "units": units, "rollover": False}
-    return meter.matcher("meter.credited", "system", 0, metadata) and aggregation_accepts(meter, metadata)
+def _absorbs(meter: CompiledMeter, other_meter_id: str, units: float = 1.0) -> bool:
+    # ``_meter_checks.absorbs_credits`` with the meter's compiled filter.
+    metadata = credit_event(other_meter_id, units)
+    return meter.matcher("meter.credited", "system", 0, metadata) and aggregation_takes(
+        meter.aggregation, metadata
+    )
 
 
 class PolarQuirks:
@@ -57,11 +51,11 @@ class PolarQuirks:
         if not self.enabled or not records:
             return list(records)
         compiled = self.engine._meters
-        dotted = {m.id for m in compiled.values() if reads_dotted_as_missing(m)}
+        dotted = {m.id for m in compiled.values() if reads_dotted_as_missing(m.aggregation)}
         catch_all = {
             m.id
             for m in compiled.values()
-            if not m.archived and any(absorbs_credits(m, other) for other in compiled if other != m.id)
+            if not m.archived and any(_absorbs(m, other) for other in compiled if other != m.id)
         }
         if not dotted and not catch_all:
             return list(records)
@@ -81,7 +75,7 @@ class PolarQuirks:
                     credits_of[customer.id] = self._credits(customer.id)
                 m = compiled[meter_id]
                 for other, units in credits_of[customer.id].items():
-                    if other != meter_id and units and absorbs_credits(m, other, units):
+                    if other != meter_id and units and _absorbs(m, other, units):
                         credited += units
             if (consumed, credited) != (record.consumed_units, record.credited_units):
                 record = dataclasses.replace(
@@ -105,7 +99,7 @@ class PolarQuirks:
         for name, source, ts, metadata in events:
             if source != "user" or not meter.matcher(name, source, ts, metadata):
                 continue
-            if not aggregation_accepts(meter, metadata):
+            if not aggregation_takes(meter.aggregation, metadata):
                 continue
             raw = metadata.get(prop)  # one key, dots and all
             if meter.func == "unique":

@@ -374,9 +374,10 @@ class MeterCreate(PolarSchema):
 
 
 class MeterUpdate(PolarSchema):
-    """``PATCH /v1/meters/{id}`` body: every field optional (Polar checks no unit rule here)."""
+    """``PATCH /v1/meters/{id}`` body: every field optional (Polar checks no unit rule here);
+    ``metadata`` comes from Polar's ``MetadataInputMixin``, so ``null`` is refused."""
 
-    metadata: MetadataField | None = None
+    metadata: MetadataField = Field(default_factory=dict)
     name: str | None = Field(default=None, min_length=3)
     unit: MeterUnit | None = None
     custom_label: str | None = None

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from polar_metering._catalog import Aggregation, Filter
 from polar_metering._evaluate import json_text, lookup, unique_key
 from polar_metering._exceptions import NotFound, ValidationError
+from polar_metering._meter_checks import aggregation_takes
 from polar_metering._periods import add_months
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.dialect import insert_ignore
@@ -139,18 +140,8 @@ def billable(meter: CompiledMeter, name: str, source: str, ts_seconds: int, meta
 
 
 def aggregation_accepts(meter: CompiledMeter, metadata: dict[str, Any]) -> bool:
-    """The aggregation's own clause: sum/max/min/avg take events whose property is a number
-    (``timestamp`` always, ``name``/``source`` never); count and unique take every event."""
-    agg = meter.aggregation
-    if agg.func in ("count", "unique"):
-        return True
-    prop = agg.property or ""
-    if prop in ("name", "source"):
-        return False
-    if prop == "timestamp":
-        return True
-    value = lookup(metadata, prop)
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """The aggregation's own clause (``_meter_checks.aggregation_takes``)."""
+    return aggregation_takes(meter.aggregation, metadata)
 
 
 class PolarSurface:
