@@ -36,8 +36,11 @@ __all__ = ["DEFAULT_ORGANIZATION_ID", "create_app"]
 logger = logging.getLogger("polar_metering.emulator")
 
 #: The organization every emulated object belongs to unless another is given; fixed so that ids
-#: stay stable across restarts of an emulator over the same database.
-DEFAULT_ORGANIZATION_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://polar-metering.invalid/emulator"))
+#: stay stable across restarts of an emulator over the same database, and shaped as a version-4
+#: UUID, which Polar's ``organization_id`` filters require.
+DEFAULT_ORGANIZATION_ID = str(
+    uuid.UUID(bytes=uuid.uuid5(uuid.NAMESPACE_URL, "https://polar-metering.invalid/emulator").bytes, version=4)
+)
 
 
 async def _rejected(request: Request, exc: Exception) -> Response:
