@@ -73,7 +73,7 @@ _INVALIDATING_PREFIXES = ("subscription.", "benefit_grant.")
 
 
 def invalidates(event_type: str) -> bool:
-    """Whether an event of ``event_type`` may change a customer's balances or credits (§7)."""
+    """Whether an event of ``event_type`` may change a customer's balances or credits."""
     return event_type == "customer.state_changed" or event_type.startswith(_INVALIDATING_PREFIXES)
 
 
@@ -117,7 +117,7 @@ class WebhookResult:
 
 class SeenWebhooks:
     """The last ``size`` ``webhook-id`` values handled: Polar retries a delivery until it gets a 2xx
-    (up to 10 attempts, §7), and the same event must not be acted on twice."""
+    (up to 10 attempts, ``server/polar/webhook/tasks.py``), and the same event must not be acted on twice."""
 
     def __init__(self, size: int = 10_000) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:

@@ -39,7 +39,9 @@ logger = logging.getLogger("polar_metering.emulator")
 #: stay stable across restarts of an emulator over the same database, and shaped as a version-4
 #: UUID, which Polar's ``organization_id`` filters require.
 DEFAULT_ORGANIZATION_ID = str(
-    uuid.UUID(bytes=uuid.uuid5(uuid.NAMESPACE_URL, "https://polar-metering.invalid/emulator").bytes, version=4)
+    uuid.UUID(
+        bytes=uuid.uuid5(uuid.NAMESPACE_URL, "https://polar-metering.invalid/emulator").bytes, version=4
+    )
 )
 
 

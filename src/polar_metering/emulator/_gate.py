@@ -1,4 +1,5 @@
-"""What Polar checks before any route runs: rate limit, body size, bearer token (§1.1, §5.1, §5.2).
+"""What Polar checks before any route runs: body size, rate limit, bearer token
+(``server/polar/middlewares.py``, ``server/polar/app.py`` at c6c3645).
 
 One ASGI middleware, so every route (admin ones included) shares the same rules. Tokens are compared
 in constant time and never logged; rate-limit buckets are keyed by a hash of the token.
@@ -18,9 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["HEALTH_PATH", "MAX_BODY_BYTES", "Gate", "RateLimiter", "Secret"]
 
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API_MAX_REQUEST_BODY_SIZE (§1.1)
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API_MAX_REQUEST_BODY_SIZE (server/polar/config.py)
 HEALTH_PATH = "/__emulator__/health"
-_WINDOW_SECONDS = 60  # a minute rule: Retry-After is the whole window, not the time left (§5.1)
+_WINDOW_SECONDS = 60  # a minute rule: Retry-After is the whole window, not the time left
 _INVALID_TOKEN = "The access token provided is expired, revoked, malformed, or invalid for other reasons."
 
 
@@ -40,7 +41,7 @@ class Secret:
 
 
 class RateLimiter:
-    """Fixed windows of 60 s per key, each starting at the key's first request (§5.1)."""
+    """Fixed windows of 60 s per key, each starting at the key's first request."""
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute < 1:

@@ -46,17 +46,13 @@ class PolarQuirks:
     def __init__(self, engine: LocalEngine, *, enabled: bool = True) -> None:
         self.engine = engine
         self.enabled = enabled
+        self._cache: tuple[dict[str, CompiledMeter], frozenset[str], frozenset[str]] | None = None
 
     def apply(self, records: Sequence[CustomerMeterRecord]) -> list[CustomerMeterRecord]:
         if not self.enabled or not records:
             return list(records)
         compiled = self.engine._meters
-        dotted = {m.id for m in compiled.values() if reads_dotted_as_missing(m.aggregation)}
-        catch_all = {
-            m.id
-            for m in compiled.values()
-            if not m.archived and any(_absorbs(m, other) for other in compiled if other != m.id)
-        }
+        dotted, catch_all = self._affected(compiled)
         if not dotted and not catch_all:
             return list(records)
         events_of: dict[str, list[tuple[str, str, int, dict[str, Any]]]] = {}
@@ -83,6 +79,20 @@ class PolarQuirks:
                 )
             out.append(record)
         return out
+
+    def _affected(self, compiled: dict[str, CompiledMeter]) -> tuple[frozenset[str], frozenset[str]]:
+        """The meters each quirk touches; worked out again only when the engine reloads its meters."""
+        cached = self._cache
+        if cached is not None and cached[0] is compiled:
+            return cached[1], cached[2]
+        dotted = frozenset(m.id for m in compiled.values() if reads_dotted_as_missing(m.aggregation))
+        catch_all = frozenset(
+            m.id
+            for m in compiled.values()
+            if not m.archived and any(_absorbs(m, other) for other in compiled if other != m.id)
+        )
+        self._cache = (compiled, dotted, catch_all)
+        return dotted, catch_all
 
     def _credits(self, customer_id: str) -> dict[str, float]:
         # Every meter's own credit in the current window, archived meters included: their credit

@@ -192,7 +192,9 @@ class PolarRoutes:
             )
         if errors:  # the batch is atomic: nothing is stored
             raise RequestRejected(errors, error="PolarRequestValidationError")
-        affected = self._affected_customers(events)
+        # Who the batch touches matters only to the debounce and to webhooks: skip the lookups else.
+        watched = self.emu.settled.enabled or self.emu.notifier.enabled
+        affected = self._affected_customers(events) if watched else []
         return self.emu.settled.ingest(affected, lambda: self.engine.ingest_polar(events))
 
     def _affected_customers(self, events: Sequence[PolarEventIn]) -> list[str]:

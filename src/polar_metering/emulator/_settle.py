@@ -1,4 +1,5 @@
-"""Polar's balance debounce (§3.3), played by the emulator over an engine that settles at once.
+"""Polar's balance debounce (``server/polar/customer_meter/tasks.py``), played by the emulator
+over an engine that settles at once.
 
 Polar recomputes a customer's meters in a task that waits 15 s after the customer's latest event
 and is pushed back by every new one (forced after 180 min). Until it runs, ``/v1/customer-meters``
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_WAIT_SECONDS", "SettledBalances"]
 
-MAX_WAIT_SECONDS = 180 * 60.0  # CUSTOMER_METER_UPDATE_DEBOUNCE_MAX_THRESHOLD (§3.3)
+MAX_WAIT_SECONDS = 180 * 60.0  # CUSTOMER_METER_UPDATE_DEBOUNCE_MAX_THRESHOLD (server/polar/config.py)
 _T = TypeVar("_T")
 
 
@@ -101,7 +102,7 @@ class SettledBalances:
             return result
 
     def customer_created(self, customer_id: str) -> None:
-        """Polar queues a recompute when a customer is created (§1.7); until it runs there are no rows."""
+        """Polar queues a recompute when a customer is created; until it runs there are no rows."""
         if self.enabled:
             with self._lock:
                 now = self._now()
@@ -193,5 +194,5 @@ def _matches(
         return False
     if meter_ids:
         return record.meter.id in meter_ids
-    # §3.1: archived meters are listed only when asked for by id.
+    # Archived meters are listed only when asked for by id (customer_meter/service.py).
     return record.meter.archived_at is None

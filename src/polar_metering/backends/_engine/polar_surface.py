@@ -109,7 +109,8 @@ def series(start: datetime, end: datetime, interval: str) -> list[datetime]:
 
 
 def aggregate_values(func_name: str, values: Sequence[Any]) -> float:
-    """Aggregate raw per-event inputs: numbers for count/sum/max/min/avg, keys for unique (§6.2)."""
+    """Aggregate raw per-event inputs: numbers for count/sum/max/min/avg, keys for unique
+    (``server/polar/meter/aggregation.py``)."""
     if func_name == "count":
         return float(len(values))
     if func_name == "unique":
@@ -193,7 +194,7 @@ class PolarSurface:
         custom_multiplier: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> MeterRecord:
-        """Create a meter; usage since each customer's last reset counts at once (§2.4)."""
+        """Create a meter; usage since each customer's last reset counts at once."""
         meter_id = str(uuid.uuid4())
         now_us = _us(self.clock.now())
         compiled = CompiledMeter.build(meter_id, None, name, filter, aggregation)
@@ -447,7 +448,7 @@ class PolarSurface:
         external_customer_ids: Sequence[str] | None = None,
         meter_ids: Sequence[str] | None = None,
     ) -> list[CustomerMeterRecord]:
-        """Every (customer, meter) pair with its current window's numbers (§3.1-3.2)."""
+        """Every (customer, meter) pair with its current window's numbers."""
         now = self.clock.now()
         with self.db.read() as conn:
             query = select(t.customers)
@@ -464,7 +465,7 @@ class PolarSurface:
             if meter_ids:
                 meters = [m for m in meters if m.id in set(meter_ids)]
             else:
-                meters = [m for m in meters if m.archived_at is None]  # §3.1: hidden unless asked for
+                meters = [m for m in meters if m.archived_at is None]  # hidden unless asked for
             out: list[CustomerMeterRecord] = []
             for c in customers:
                 key = c.external_id or c.id
@@ -591,7 +592,7 @@ class PolarSurface:
         metadata: Mapping[str, Sequence[str]] | None = None,
         customer_aggregation: str | None = None,
     ) -> tuple[list[tuple[datetime, float]], float]:
-        """Usage per time bucket by event timestamp (§2.6). ``total`` for avg/unique is computed over
+        """Usage per time bucket by event timestamp. ``total`` for avg/unique is computed over
         the raw events of the range (Polar's query is unbounded there; we bound it by the range)."""
         compiled = self._meters.get(meter_id)
         if compiled is None:
