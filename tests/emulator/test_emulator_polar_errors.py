@@ -531,3 +531,35 @@ def test_a_body_without_a_json_content_type_is_not_read_as_json(emulator: Emulat
     (item,) = response.json()["detail"]
     assert (response.status_code, item["type"], item["loc"]) == (422, "model_attributes_type", ["body"])
     assert item["input"] == '{"events": []}'
+
+
+# UUID messages of the pydantic-core Polar pins (2.46), whatever pydantic is installed here.
+UUID_MESSAGES = [
+    ("{" + "0" * 35 + "x}", "uuid_parsing", "invalid character: found `x` at 36"),
+    ("urn:uuid:" + "0" * 34 + "x", "uuid_parsing", "invalid character: found `x` at 44"),
+    ("0" * 31 + "g", "uuid_parsing", "invalid character: found `g` at 32"),
+    (
+        "00000000-0000-0000-0000-00000000000",
+        "uuid_parsing",
+        "invalid group length in group 4: expected 12, found 11",
+    ),
+    ("00000000-0000-0000-000000000000", "uuid_parsing", "invalid group count: expected 5, found 4"),
+    ("{00000000-0000}", "uuid_parsing", "invalid group count: expected 5, found 2"),
+    ("ééé", "uuid_parsing", "invalid character: found `é` at 1"),
+    ("00000000-0000-1000-8000-000000000000", "uuid_version", None),
+]
+
+
+@pytest.mark.parametrize(("value", "type_", "reason"), UUID_MESSAGES)
+def test_uuid_messages_are_polars(
+    value: str, type_: str, reason: str | None, emulator: EmulatorHandle
+) -> None:
+    from urllib.parse import quote
+
+    response = httpx.get(f"{emulator.base_url}/v1/meters/{quote(value, safe='')}", headers=emulator.headers)
+    (item,) = response.json()["detail"]
+    assert (response.status_code, item["type"], item["loc"]) == (422, type_, ["path", "id"])
+    if reason is None:
+        assert (item["msg"], item["ctx"]) == ("UUID version 4 expected", {"expected_version": 4})
+    else:
+        assert (item["msg"], item["ctx"]) == (f"Input should be a valid UUID, {reason}", {"error": reason})
