@@ -209,7 +209,7 @@ class _Admin:
             started = body.started_at or self.engine.clock.now()
             self.engine.subscribe(key, body.plan, started)
             if customer is not None:
-                plan = self.engine._plans.get(body.plan)
+                plan = self.engine.get_plan(body.plan)
                 if plan is not None:
                     self.emu.notifier.subscribed(customer, plan, started)
                 self.emu.settled.settle(customer.id)

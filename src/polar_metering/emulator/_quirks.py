@@ -51,7 +51,7 @@ class PolarQuirks:
     def apply(self, records: Sequence[CustomerMeterRecord]) -> list[CustomerMeterRecord]:
         if not self.enabled or not records:
             return list(records)
-        compiled = self.engine._meters
+        compiled = self.engine.compiled_meters()
         dotted, catch_all = self._affected(compiled)
         if not dotted and not catch_all:
             return list(records)
@@ -97,7 +97,9 @@ class PolarQuirks:
     def _credits(self, customer_id: str) -> dict[str, float]:
         # Every meter's own credit in the current window, archived meters included: their credit
         # events are still in the window.
-        rows = self.engine.customer_meters(customer_ids=[customer_id], meter_ids=list(self.engine._meters))
+        rows = self.engine.customer_meters(
+            customer_ids=[customer_id], meter_ids=list(self.engine.compiled_meters())
+        )
         return {r.meter.id: r.credited_units for r in rows if r.credited_units}
 
     @staticmethod

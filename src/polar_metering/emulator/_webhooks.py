@@ -141,27 +141,31 @@ class WebhookSender:
         delay = float(min(self.backoff_base * 2.0**attempts, _MAX_BACKOFF))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    def _eligible(self, now: float) -> list[Delivery]:
-        ready = []
-        blocked = False
+    def _next(self, now: float) -> Delivery | None:
+        """The first delivery that is due and not held back by an earlier one still pending
+        (Polar's FIFO guard holds a later event back for a minute at most)."""
         for d in self._queue:
-            if d.next_at <= now and not blocked:
-                ready.append(d)
-            # Polar's FIFO guard: later events wait behind one still pending, for a minute at most.
-            if d.status == "pending" and now - d.created < _FIFO_MAX_AGE:
-                blocked = True
-        return ready
+            if d.next_at <= now:
+                return d
+            if now - d.created < _FIFO_MAX_AGE:
+                return None
+        return None
 
-    def deliver_due(self) -> int:
-        """Attempt every delivery that is due, in order; returns how many were attempted."""
+    def deliver_due(self, limit: int = 1000) -> int:
+        """Attempt the deliveries that are due, in order, one after another (at most ``limit``);
+        returns how many were attempted."""
         if not self._sending.acquire(blocking=False):
             return 0  # another thread is delivering
         try:
-            with self._lock:
-                ready = self._eligible(self._now())
-            for delivery in ready:
+            attempted = 0
+            while attempted < limit:
+                with self._lock:
+                    delivery = self._next(self._now())
+                if delivery is None:
+                    break
                 self._attempt(delivery)
-            return len(ready)
+                attempted += 1
+            return attempted
         finally:
             self._sending.release()
 

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from polar_metering._catalog import Aggregation, Filter
+from polar_metering._catalog import Aggregation, Filter, Plan
 from polar_metering._evaluate import json_text, lookup, unique_key
 from polar_metering._exceptions import NotFound, ValidationError
 from polar_metering._meter_checks import aggregation_takes
@@ -161,6 +161,8 @@ class PolarSurface:
 
         def _window_of(self, conn: Connection, acct: Any, now: datetime) -> Window: ...
 
+        def _plan(self, conn: Connection, name: str | None) -> Plan | None: ...
+
         def _initial_credit(
             self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
         ) -> Credit | None: ...
@@ -225,6 +227,14 @@ class PolarSurface:
         found = self.get_meter(meter_id)
         assert found is not None
         return found
+
+    def compiled_meters(self) -> dict[str, CompiledMeter]:
+        """The engine's meters, compiled, by id (replaced as a whole when meters change)."""
+        return self._meters
+
+    def get_plan(self, name: str) -> Plan | None:
+        with self.db.read() as conn:
+            return self._plan(conn, name)
 
     # -- Polar's billing watermark ------------------------------------------------------------------
     # Polar keeps ``Meter.last_billed_event``: set at creation when a matching event exists, and
