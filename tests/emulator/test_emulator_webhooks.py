@@ -279,3 +279,35 @@ def test_the_cli_takes_webhook_options_without_printing_the_secret(tmp_path: Pat
     )
     assert proc.returncode == 2
     assert "webhook_url" in proc.stderr and "s3cr3t-value" not in proc.stderr + proc.stdout
+
+
+def test_backoff_and_the_fifo_guard(receiver: _Receiver, receiver_url: str) -> None:
+    """dramatiq's backoff as Polar configures it (2 s doubled per attempt, half of it plus a random
+    half, at most 20 minutes), and a later event held back while an earlier one is pending, for a
+    minute at most."""
+    from polar_metering.emulator._webhooks import WebhookSender
+
+    now = [1000.0]
+    sender = WebhookSender(receiver_url, SECRET, monotonic=lambda: now[0])
+    for attempts, full in ((1, 4.0), (2, 8.0), (5, 64.0), (12, 1200.0)):
+        delays = [sender._backoff(attempts) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays) and max(delays) - min(delays) > full / 10
+    receiver.statuses = [500]
+    sender.send("customer.created", "2026-01-01T00:00:00Z", {"id": "a"})
+    sender.send("customer.updated", "2026-01-01T00:00:00Z", {"id": "b"})
+    assert sender.deliver_due() == 1  # the first failed; the second waits behind it
+    assert receiver.types() == ["customer.created"]
+    now[0] += 1.0
+    assert sender.deliver_due() == 0  # the retry is due after 2-4 s; the second still waits
+    now[0] += 3.0
+    assert sender.deliver_due() == 2  # the retry succeeds, then the second goes
+    assert receiver.types() == ["customer.created", "customer.created", "customer.updated"]
+    receiver.statuses = [500] * 20
+    sender.send("customer.created", "2026-01-01T00:00:00Z", {"id": "c"})
+    sender.send("customer.updated", "2026-01-01T00:00:00Z", {"id": "d"})
+    assert sender.deliver_due() == 1
+    now[0] += 61.0  # past the guard's minute: the second goes although the first is still pending
+    sender.deliver_due()
+    assert receiver.types()[3:] == ["customer.created", "customer.created", "customer.updated"]
+    assert [d["status"] for d in sender.deliveries()][-2:] == ["pending", "pending"]
+    sender.close()
