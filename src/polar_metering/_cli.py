@@ -89,6 +89,7 @@ def _build_app() -> Any:
     _add_optional(
         app, "polar_metering._cli_setup", "setup", "Create missing meters in Polar and report drift."
     )
+    _add_optional(app, "polar_metering._cli_check", "check-meters", "Flag meters that surprise on Polar.")
     _add_optional(app, "polar_metering.emulator._cli", "emulator", "Run the Polar-compatible emulator.")
     _add_optional(app, "polar_metering.delivery._cli", "outbox", "Inspect and drain the delivery outbox.")
     return app

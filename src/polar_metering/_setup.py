@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from polar_metering._catalog import Catalog, Meter, load_catalog
 from polar_metering._exceptions import ConfigurationError, RemoteValidationError
+from polar_metering._meter_checks import MeterFinding, check_meters
 
 if TYPE_CHECKING:
     from polar_metering._client import Metering
@@ -56,6 +57,8 @@ class SetupReport:
     server: str
     dry_run: bool = False
     notes: tuple[str, ...] = field(default=())
+    #: meters that will behave surprisingly on Polar (``polar-metering check-meters``)
+    warnings: tuple[MeterFinding, ...] = field(default=())
 
     @property
     def created(self) -> list[str]:
@@ -100,6 +103,7 @@ class SetupReport:
                 lines.append(f"      {r.error}")
             if r.diff:
                 lines.extend(f"      {d}" for d in r.diff.splitlines())
+        lines.extend(f"  warning: {w}" for w in self.warnings)
         verb = "to create" if self.dry_run else "created"
         lines.append(
             f"{len(self.created)} {verb}, {len(self.existing)} existing, "
@@ -218,7 +222,9 @@ def _run(catalog: Catalog, settings: PolarSettings, dry_run: bool) -> SetupRepor
                 results.append(MeterResult(meter.slug, meter.name, "error", error=str(exc)))
                 continue
             results.append(MeterResult(meter.slug, meter.name, "created", polar_id=str(created.id)))
-    return SetupReport(tuple(results), server=settings.server, dry_run=dry_run)
+    return SetupReport(
+        tuple(results), server=settings.server, dry_run=dry_run, warnings=tuple(check_meters(catalog))
+    )
 
 
 def _compare(meter: Meter, candidates: list[Any]) -> MeterResult:
