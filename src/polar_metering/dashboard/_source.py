@@ -247,7 +247,6 @@ class EngineSource(Source):
 
     def extras(self, customer: str) -> tuple[list[EventView] | None, list[HoldView] | None, list[str]]:
         from polar_metering.backends._engine import reports
-        from polar_metering.backends._engine.backend import to_us
 
         events = [
             EventView(e.name, e.timestamp, e.external_id, e.metadata)
@@ -255,7 +254,7 @@ class EngineSource(Source):
         ]
         holds = [
             HoldView(h.id, h.meter, h.amount, h.created_at, h.expires_at)
-            for h in reports.active_holds(self.engine, customer, now_us=to_us(self.now()))
+            for h in reports.active_holds(self.engine, customer)
         ]
         return events, holds, []
 

@@ -177,26 +177,31 @@ def recent_events(engine: LocalEngine, customer: str, *, limit: int = 20) -> lis
     ]
 
 
-def active_holds(engine: LocalEngine, customer: str, *, now_us: int) -> list[HoldRow]:
-    """Reservations of ``customer`` that have not expired, newest first."""
+def active_holds(engine: LocalEngine, customer: str) -> list[HoldRow]:
+    """Reservations of ``customer`` that have not expired, newest first. Holds expire on the engine's
+    hold clock (``timekeeping``); the expiry shown is that moment in wall time."""
+    from datetime import timedelta
+
     from polar_metering.backends._engine.backend import from_us
 
     h = t.holds.c
     slugs = {m.id: m.slug or m.id for m in engine._meters.values()}
+    hold_now = engine.time.hold_now()
     query = (
-        select(h.id, h.meter_id, h.amount, h.created_us, h.expires_us)
-        .where(and_(h.customer == customer, h.expires_us > now_us))
+        select(h.id, h.meter_id, h.amount, h.created_us, (h.expires_us - hold_now).label("left_us"))
+        .where(and_(h.customer == customer, h.expires_us > hold_now))
         .order_by(h.created_us.desc())
     )
     with engine.db.read() as conn:
         rows = conn.execute(query).all()
+    now = engine.time.now()
     return [
         HoldRow(
             r.id,
             slugs.get(r.meter_id, r.meter_id),
             float(r.amount),
             from_us(r.created_us),
-            from_us(r.expires_us),
+            now + timedelta(microseconds=int(r.left_us)),
         )
         for r in rows
     ]
