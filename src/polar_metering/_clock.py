@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "ManualClock", "SystemClock"]
 
+_UNITS = ("days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks")
+
 
 @runtime_checkable
 class Clock(Protocol):
@@ -44,13 +46,10 @@ class ManualClock:
     """
 
     def __init__(self, start: datetime | str | None = None) -> None:
-        if start is None:
-            start = datetime.now(UTC)
-        elif isinstance(start, str):
-            start = datetime.fromisoformat(start)
-        if start.tzinfo is None:
-            raise ValueError("start: must be timezone-aware")
-        self._now = start.astimezone(UTC)
+        from polar_metering._events import parse_timestamp
+
+        # The same rules as event timestamps (aware, ISO-8601 when a string), future allowed.
+        self._now = datetime.now(UTC) if start is None else parse_timestamp(start, "start")
         self._mono = 1_000.0
         self._lock = threading.Lock()
 
@@ -62,19 +61,41 @@ class ManualClock:
 
     def advance(self, seconds: float = 0.0, **kwargs: float) -> datetime:
         """Move both clocks forward by ``seconds`` plus any ``timedelta`` keywords (days=, hours=...)."""
-        delta = timedelta(seconds=seconds, **kwargs)
+        from polar_metering._events import check_number
+        from polar_metering._exceptions import ValidationError
+
+        parts = {"seconds": check_number(seconds, "seconds", minimum=None)}
+        for unit, amount in kwargs.items():
+            if unit not in _UNITS:
+                raise ValidationError(unit, f"is not a unit of time; use one of {list(_UNITS)}", amount)
+            parts[unit] = check_number(amount, unit, minimum=None)
+        try:
+            delta = timedelta(**parts)
+        except OverflowError:
+            raise ValidationError(
+                "seconds", "moves the clock past what a datetime can hold", seconds
+            ) from None
         if delta < timedelta(0):
-            raise ValueError("advance: a clock only moves forward")
+            raise ValidationError("seconds", "a clock only moves forward", seconds)
         with self._lock:
-            self._now += delta
+            try:
+                self._now += delta
+            except OverflowError:
+                raise ValidationError(
+                    "seconds", "moves the clock past what a datetime can hold", seconds
+                ) from None
             self._mono += delta.total_seconds()
             return self._now
 
     def set(self, when: datetime) -> datetime:
         """Jump to ``when`` (not earlier than now)."""
-        if when.tzinfo is None:
-            raise ValueError("when: must be timezone-aware")
-        return self.advance((when.astimezone(UTC) - self._now).total_seconds())
+        from polar_metering._events import parse_timestamp
+        from polar_metering._exceptions import ValidationError
+
+        target = parse_timestamp(when, "when")
+        if target < self._now:
+            raise ValidationError("when", "a clock only moves forward", when)
+        return self.advance((target - self._now).total_seconds())
 
     def __repr__(self) -> str:
         return f"ManualClock({self._now.isoformat()!r})"
