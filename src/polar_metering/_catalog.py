@@ -397,20 +397,19 @@ class Plan:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigurationError("plan.name: must be a non-empty string")
         _text(self.name, "plan.name")
+        who = f"plan {describe(self.name, 60)}"
         if self.interval not in ("month", "year"):
             raise ConfigurationError(
-                f"plan {self.name!r}: interval must be 'month' or 'year', got {describe(self.interval, 40)}"
+                f"{who}: interval must be 'month' or 'year', got {describe(self.interval, 40)}"
             )
         if not isinstance(self.rollover, bool):
-            raise ConfigurationError(f"plan {self.name!r}: rollover must be true or false")
+            raise ConfigurationError(f"{who}: rollover must be true or false")
         if not isinstance(self.credits, Mapping):
-            raise ConfigurationError(f"plan {self.name!r}: credits must map meter slugs to numbers")
+            raise ConfigurationError(f"{who}: credits must map meter slugs to numbers")
         clean: dict[str, float] = {}
         for slug, units in self.credits.items():
             if not isinstance(slug, str) or text_error(slug) is not None:
-                raise ConfigurationError(
-                    f"plan {self.name!r}: credits keys must be meter slugs, got {describe(slug, 40)}"
-                )
+                raise ConfigurationError(f"{who}: credits keys must be meter slugs, got {describe(slug, 40)}")
             if (
                 isinstance(units, bool)
                 or not isinstance(units, int | float)
@@ -418,9 +417,7 @@ class Plan:
                 or not math.isfinite(units)
                 or units < 0
             ):
-                raise ConfigurationError(
-                    f"plan {self.name!r}: credits[{slug!r}] must be a finite number >= 0"
-                )
+                raise ConfigurationError(f"{who}: credits[{describe(slug, 60)}] must be a finite number >= 0")
             clean[slug] = units
         object.__setattr__(self, "credits", clean)
 
@@ -485,7 +482,7 @@ class Catalog:
             return self._by_slug[slug]  # type: ignore[attr-defined,no-any-return]
         except KeyError:
             raise ConfigurationError(
-                f"meter: unknown meter {slug!r}; known meters are {sorted(self._by_slug)}"  # type: ignore[attr-defined]
+                f"meter: unknown meter {describe(slug, 60)}; known meters are {sorted(self._by_slug)}"  # type: ignore[attr-defined]
             ) from None
 
     def plan(self, name: str) -> Plan:
@@ -493,7 +490,7 @@ class Catalog:
             return self._plans[name]  # type: ignore[attr-defined,no-any-return]
         except KeyError:
             raise ConfigurationError(
-                f"plan: unknown plan {name!r}; known plans are {sorted(self._plans)}"  # type: ignore[attr-defined]
+                f"plan: unknown plan {describe(name, 60)}; known plans are {sorted(self._plans)}"  # type: ignore[attr-defined]
             ) from None
 
     @property

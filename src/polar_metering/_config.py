@@ -104,7 +104,7 @@ class MeteringConfig:
             )
         if self.environment not in ("sandbox", "production"):
             raise ConfigurationError(
-                f"environment: must be 'sandbox' or 'production', got {self.environment!r}"
+                f"environment: must be 'sandbox' or 'production', got {describe(self.environment, 40)}"
             )
         if not isinstance(self.clock, Clock):
             raise ConfigurationError("clock: must have now() and monotonic() methods")

@@ -44,7 +44,14 @@ def set_current_customer(customer_id: str | None) -> Token[str | None]:
 
 
 def reset_current_customer(token: Token[str | None]) -> None:
-    _current.reset(token)
+    """Restore the customer that was current before ``set_current_customer`` returned ``token``."""
+    try:
+        _current.reset(token)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # Not a token, one from another context, or one already used.
+        raise ValidationError(
+            "token", f"must be an unused token from set_current_customer ({exc})", None
+        ) from None
 
 
 @contextmanager

@@ -542,3 +542,49 @@ def test_backdated_subscription_still_works(client: Metering, clock: ManualClock
     client.subscribe("u3", "free", started_at=clock.now() - timedelta(days=3))
     status = client.check_limit("u3", "api_requests")
     assert status.period_start == clock.now() - timedelta(days=3)
+
+
+@pytest.mark.parametrize("token", [5, None, "tok"])
+def test_reset_current_customer_needs_a_token(token: Any) -> None:
+    """Was: TypeError from ContextVar.reset."""
+    with pytest.raises(ValidationError) as info:
+        metering.reset_current_customer(token)
+    assert info.value.field == "token"
+
+
+def test_reset_current_customer_twice() -> None:
+    """Was: RuntimeError (a token used twice)."""
+    token = metering.set_current_customer("u")
+    metering.reset_current_customer(token)
+    with pytest.raises(ValidationError):
+        metering.reset_current_customer(token)
+
+
+def test_manual_clock_stays_before_the_year_9999() -> None:
+    """Was: a clock at 9999-12-31 made every track fail and every check raise (the billing period
+    would end in the year 10000, outside datetime's range)."""
+    with pytest.raises(ValidationError) as info:
+        ManualClock("9999-12-31T23:59:59+00:00")
+    assert info.value.field == "start"
+    clock = ManualClock("9998-12-31T00:00:00+00:00")
+    with pytest.raises(ValidationError):
+        clock.advance(days=1)
+    client, _ = metering_for_tests(start="9998-12-31T00:00:00+00:00")
+    try:
+        assert client.track_api_request("u", "/x").success
+        assert client.check_limit("u", "api_requests").current == 1
+    finally:
+        client.close()
+
+
+def test_nul_in_a_customer_id_is_refused_before_postgresql_sees_it(postgresql_url: str) -> None:
+    """Was: PostgreSQL refused the NUL and the check failed open (allowed, usage unknown)."""
+    client = Metering(postgresql_url, plans=PLANS)
+    try:
+        with pytest.raises(ValidationError) as info:
+            client.check_limit("u\x00", "api_requests")
+        assert info.value.field == "customer_id"
+        result = client.track_usage("u\x00", "api.request")
+        assert result.error == "customer_id: must not contain NUL characters"
+    finally:
+        client.close()
