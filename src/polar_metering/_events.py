@@ -106,6 +106,14 @@ def text_error(value: str) -> str | None:
     return None
 
 
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_text(value: str, field: str) -> None:
     """Raise ``ValidationError`` if ``value`` holds NUL or a surrogate (see :func:`text_error`)."""
     rule = text_error(value)
@@ -334,11 +342,15 @@ def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, An
     out: dict[str, Any] = {}
     for key, value in metadata.items():
         cls = type(value)
-        # Fast path for the common case (plain ASCII str key, plain scalar value): no per-key
-        # allocations. Non-ASCII text takes the slow path, which checks it for surrogates.
-        if type(key) is str and key.isascii() and "\x00" not in key and key[:1] != "_":
+        # Fast path for the common case (plain str key, plain scalar value): no per-key
+        # allocations for ASCII text; only non-ASCII text is encoded to look for surrogates.
+        if type(key) is str and "\x00" not in key and key[:1] != "_" and (key.isascii() or _encodes(key)):
             if cls is str:
-                if 0 < len(value) <= MAX_METADATA_STRING and value.isascii() and "\x00" not in value:
+                if (
+                    0 < len(value) <= MAX_METADATA_STRING
+                    and "\x00" not in value
+                    and (value.isascii() or _encodes(value))
+                ):
                     out[key] = value
                     continue
             elif cls is int:

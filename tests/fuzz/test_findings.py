@@ -588,3 +588,13 @@ def test_nul_in_a_customer_id_is_refused_before_postgresql_sees_it(postgresql_ur
         assert result.error == "customer_id: must not contain NUL characters"
     finally:
         client.close()
+
+
+def test_a_sum_past_the_double_range_reads_infinity(client: Metering) -> None:
+    """Each value is in range, their sum is not: the engine keeps answering (Polar's SQL sum would
+    fail with an overflow; see docs/semantics.md)."""
+    for _ in range(2):
+        assert client.track_usage("u", "ai.tokens", {"tokens": int(sys.float_info.max)}).success
+    status = client.check_limit("u", "ai_tokens")
+    assert status.current == math.inf and not status.allowed
+    assert status.reason is not None

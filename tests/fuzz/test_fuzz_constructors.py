@@ -420,3 +420,33 @@ def test_testing_helpers_raise_only_library_errors(start: Any, meters: Any, plan
         assert [e.name for e in entered] == ["api.request"]
     finally:
         client.close()
+
+
+@settings(FUZZ, max_examples=examples(40))
+@given(
+    catalog=st.one_of(st.none(), st.just(CATALOG), module_paths, s.anything),
+    token=st.one_of(st.just("polar_oat_fuzz_only"), s.any_text, s.anything),
+    environment=st.one_of(st.none(), st.sampled_from(["sandbox", "production"]), s.anything),
+    base_url=st.one_of(st.just("http://127.0.0.1:9"), s.any_text, s.anything),
+    dry_run=st.one_of(st.booleans(), s.anything),
+    client=st.one_of(st.none(), s.anything),
+)
+def test_run_setup_raises_only_library_errors(
+    catalog: Any, token: Any, environment: Any, base_url: Any, dry_run: Any, client: Any
+) -> None:
+    """setup's arguments are checked before any request; a valid set goes to a closed port on this
+    machine (nothing listens there), which is BackendUnavailable, never a driver exception."""
+    if isinstance(base_url, str) and "://" in base_url and base_url != "http://127.0.0.1:9":
+        base_url = "http://127.0.0.1:9"
+    outcome = only_ours(
+        metering.run_setup,
+        catalog,
+        access_token=token,
+        environment=environment,
+        base_url=base_url,
+        dry_run=dry_run,
+        client=client,
+        env={},
+    )
+    if isinstance(outcome, MeteringError) and isinstance(token, str) and len(token) > 3:
+        assert token not in str(outcome)

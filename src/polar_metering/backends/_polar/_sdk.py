@@ -158,8 +158,8 @@ def resolve_settings(
                 "polar://production (and ?base_url=http://127.0.0.1:8765 for the emulator)"
             )
         env = url_host
-    if env not in _SERVERS:
-        raise ConfigurationError(f"environment: must be 'sandbox' or 'production', got {env!r}")
+    if not isinstance(env, str) or env not in _SERVERS:
+        raise ConfigurationError(f"environment: must be 'sandbox' or 'production', got {describe(env, 40)}")
     base: str | None = None
     if "base_url" in query:
         base = _check_base_url(query["base_url"], "the polar:// URL")
@@ -170,6 +170,9 @@ def resolve_settings(
             f"access_token: a Polar organization access token is required; set {ENV_TOKEN} "
             f"(create one in the Polar dashboard under Settings > Developers, {env} environment)"
         )
+    if not access_token.isascii() or "\x00" in access_token:
+        # It travels in an HTTP header; Polar's tokens are ASCII. (The value is never shown.)
+        raise ConfigurationError("access_token: must be ASCII text, as Polar's tokens are")
     seconds = _timeout(query["timeout"]) if "timeout" in query else DEFAULT_TIMEOUT
     if timeout is not None:
         seconds = _timeout(timeout)
