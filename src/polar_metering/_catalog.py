@@ -49,7 +49,7 @@ _MAX_FILTER_STRING = 1000  # Polar: a clause's string value is at most 1000 char
 _MIN_METER_NAME = 3  # Polar: MeterCreate.name has min length 3 (§2.2)
 # Filters nest far less than this in practice; a bound keeps every walk over a filter (encoding,
 # compiling, comparing) well inside Python's recursion limit.
-MAX_FILTER_DEPTH = 32
+MAX_FILTER_DEPTH = 100
 
 
 def _text(value: object, where: str) -> None:

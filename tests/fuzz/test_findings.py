@@ -471,10 +471,18 @@ def test_deeply_nested_filters_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="nest"):  # noqa: PT012 - the loop is what nests
         for _ in range(5_000):
             flt = Filter("and", (flt,))
-    ok = Filter()
-    for _ in range(31):
+    ok = Filter("and", (FilterClause("name", "eq", "deep.event"),))
+    for _ in range(99):
         ok = Filter("and", (ok,))
-    Meter("deep", "Deep", ok, Aggregation.count())
+    meter = Meter("deep", "Deep", ok, Aggregation.count())
+    assert Filter.from_polar(ok.to_polar()) == ok
+    # The deepest filter allowed works end to end: stored, compiled, evaluated.
+    client = Metering("sqlite:///:memory:", meters=[meter])
+    try:
+        assert client.track_usage("u", "deep.event").success
+        assert client.check_limit("u", "deep").current == 1
+    finally:
+        client.close()
 
 
 def test_catalog_surrogates_never_reach_the_engine(tmp_path: Path) -> None:
@@ -598,3 +606,36 @@ def test_a_sum_past_the_double_range_reads_infinity(client: Metering) -> None:
     status = client.check_limit("u", "ai_tokens")
     assert status.current == math.inf and not status.allowed
     assert status.reason is not None
+
+
+def test_emulator_answers_422_for_a_filter_the_catalog_refuses() -> None:
+    """The catalog's depth bound applies to meters created through the emulator too: a 422 naming
+    the filter (was a 500 once the bound existed), while a deep but allowed filter is created."""
+    import httpx
+
+    from polar_metering.emulator import running_emulator
+
+    def nested(depth: int) -> dict[str, Any]:
+        node: dict[str, Any] = {
+            "conjunction": "and",
+            "clauses": [{"property": "name", "operator": "eq", "value": "x"}],
+        }
+        for _ in range(depth):
+            node = {"conjunction": "and", "clauses": [node]}
+        return node
+
+    with running_emulator() as emu:
+        headers = {"Authorization": f"Bearer {emu.token}"}
+        ok = httpx.post(
+            f"{emu.base_url}/v1/meters/",
+            json={"name": "Deep but fine", "filter": nested(40), "aggregation": {"func": "count"}},
+            headers=headers,
+        )
+        assert ok.status_code == 201, ok.text
+        refused = httpx.post(
+            f"{emu.base_url}/v1/meters/",
+            json={"name": "Too deep", "filter": nested(200), "aggregation": {"func": "count"}},
+            headers=headers,
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "filter"]

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from polar_metering._catalog import Aggregation, Filter
 from polar_metering._evaluate import json_text
-from polar_metering._exceptions import ValidationError
+from polar_metering._exceptions import ConfigurationError, ValidationError
 from polar_metering.backends._engine.records import PolarEventIn
 from polar_metering.emulator import _schemas as s
 from polar_metering.emulator import _serialize as out
@@ -58,6 +58,15 @@ _CM_SORT_KEYS = (
 )
 _CM_SORT = tuple(p for k in _CM_SORT_KEYS for p in (k, f"-{k}"))
 _CUSTOMER_SORT = ("created_at", "-created_at", "email", "-email", "name", "-name")
+
+
+def _definition(build: Callable[[Any], _T], data: Any, field: str) -> _T:
+    """A meter's filter or aggregation that passed the request schema but breaks a catalog rule the
+    engine needs (text it can store, filters at most 100 levels deep): a 422, never a 500."""
+    try:
+        return build(data)
+    except ConfigurationError as exc:
+        raise RequestRejected([error_item("value_error", ["body", field], f"Value error, {exc}")]) from None
 
 
 def not_found() -> JSONResponse:
@@ -310,8 +319,8 @@ class PolarRoutes:
         meter = await run_in_threadpool(
             lambda: self.engine.create_meter(
                 name=body.name,
-                filter=Filter.from_polar(body.filter.to_polar()),
-                aggregation=Aggregation.from_polar(body.aggregation.model_dump()),
+                filter=_definition(Filter.from_polar, body.filter.to_polar(), "filter"),
+                aggregation=_definition(Aggregation.from_polar, body.aggregation.model_dump(), "aggregation"),
                 unit=body.unit.value,
                 custom_label=body.custom_label,
                 custom_multiplier=body.custom_multiplier,
@@ -338,9 +347,9 @@ class PolarRoutes:
         for name in body.model_fields_set:
             value = getattr(body, name)
             if name == "filter" and value is not None:
-                value = Filter.from_polar(value.to_polar())
+                value = _definition(Filter.from_polar, value.to_polar(), "filter")
             elif name == "aggregation" and value is not None:
-                value = Aggregation.from_polar(value.model_dump())
+                value = _definition(Aggregation.from_polar, value.model_dump(), "aggregation")
             elif name == "unit" and value is not None:
                 value = value.value
             elif name == "metadata" and value is not None:
