@@ -767,11 +767,12 @@ class AsyncMetering(_Base):
         return await self._run(self._sync._ingest, events, rejected)
 
     async def track_usage_batch(self, events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
-        # Validation is pure CPU work: it runs here, and only the ingest may hop to a thread.
-        checked = self._core.checked_batch(events)
-        if isinstance(checked, TrackingResult):
-            return checked
-        return await self._ingest(*checked)
+        if self.backend.nonblocking_ingest:
+            return self._sync.track_usage_batch(events)
+        if isinstance(events, Iterable) and not isinstance(events, list | Mapping | str | bytes):
+            events = list(events)  # drawn here, on the caller's side, not in the worker thread
+        # Anything else (not a list of events at all) is reported by the sync method's validation.
+        return await self._run(self._sync.track_usage_batch, events)
 
     async def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
         try:

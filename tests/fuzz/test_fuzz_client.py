@@ -39,7 +39,7 @@ def strict(db_url: str) -> Iterator[Metering]:
     c.close()
 
 
-@settings(FUZZ, max_examples=examples(120))
+@settings(FUZZ, max_examples=examples(180))
 @given(data=st.data())
 def test_batches_keep_good_items_once_and_name_bad_ones(
     client: Metering, strict: Metering, data: st.DataObject
@@ -47,19 +47,19 @@ def test_batches_keep_good_items_once_and_name_bad_ones(
     scenarios.batch_keeps_good_and_names_bad(client, strict, data)
 
 
-@settings(FUZZ, max_examples=examples(200))
+@settings(FUZZ, max_examples=examples(300))
 @given(data=st.data())
 def test_trackers_report_and_never_raise(client: Metering, strict: Metering, data: st.DataObject) -> None:
     scenarios.trackers_never_raise(client, strict, data)
 
 
-@settings(FUZZ, max_examples=examples(250))
+@settings(FUZZ, max_examples=examples(350))
 @given(data=st.data())
 def test_limit_calls_raise_only_library_errors(client: Metering, data: st.DataObject) -> None:
     scenarios.limit_calls_raise_only_ours(client, data)
 
 
-@settings(FUZZ, max_examples=examples(120))
+@settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_async_client_and_aio_functions_raise_only_library_errors(
     client: Metering, db_url: str, data: st.DataObject
