@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 from polar_metering._catalog import Catalog, Meter, Plan
-from polar_metering._config import MeteringConfig, build_config
+from polar_metering._config import MAX_TTL, MeteringConfig, build_config
 from polar_metering._context import current_customer as _current_customer_cm
 from polar_metering._context import require_current_customer
 from polar_metering._events import (
@@ -56,9 +56,6 @@ _ALIASES = (
     ("event_name", "name", "eventName"),
     ("metadata", "properties"),
 )
-# A reservation's hold outlives no sensible action by more than this; a bound also keeps
-# ``now + ttl`` inside datetime's range.
-MAX_TTL = 7 * 86_400.0
 # A count meter records one event per unit committed.
 MAX_COUNT_COMMIT = 100_000
 _LAST_HISTORY_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
@@ -271,8 +268,8 @@ class _Core:
         """``reserve``'s arguments: an amount is required; ttl is seconds in (0, 7 days]."""
         if amount is None:
             raise ValidationError("amount", "is required: the number of units to hold", amount)
-        customer, m, amt = self.limit_args(customer_id, meter, amount)
-        assert amt is not None  # checked above; limit_args keeps a given amount
+        customer, m, _ = self.limit_args(customer_id, meter, None)
+        amt = float(_require_number(amount, "amount"))
         if ttl is None:
             return customer, m, amt, self.config.reservation_ttl
         seconds = float(_require_number(ttl, "ttl"))

@@ -24,10 +24,12 @@ from polar_metering._clock import Clock, SystemClock
 from polar_metering._events import SURROGATE_RULE, describe, text_error
 from polar_metering._exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_URL", "MeteringConfig", "build_config"]
+__all__ = ["DEFAULT_URL", "MAX_TTL", "MeteringConfig", "build_config"]
 
 DEFAULT_URL = "sqlite:///metering.db"
-MAX_TTL = 7 * 86_400.0  # seconds; see ``_client.MAX_TTL``
+# The longest reservation hold, in seconds: it outlives no sensible action, and the bound keeps
+# ``now + ttl`` inside datetime's range.
+MAX_TTL = 7 * 86_400.0
 _MAX_SECONDS = 10**18
 
 
