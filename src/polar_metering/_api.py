@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from polar_metering._catalog import Catalog, Meter, Plan
-from polar_metering._client import Metering, Reservation
+from polar_metering._client import Metering, Reservation, check_timeout
 from polar_metering._events import Event, MetadataValue
 from polar_metering._exceptions import ConfigurationError
 from polar_metering._status import SafeResult, TrackingResult, UsageStatus
@@ -93,6 +93,7 @@ def get_client() -> Metering:
 def shutdown(timeout: float | None = None) -> None:
     """Flush and close the default client, if any."""
     global _default
+    timeout = check_timeout(timeout)  # before the client is let go, so a bad value closes nothing
     with _lock:
         client, _default = _default, None
     if client is not None:

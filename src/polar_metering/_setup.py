@@ -181,7 +181,15 @@ def run_setup(
     rejected) or :class:`BackendUnavailable` (Polar unreachable). A meter Polar refuses (422) is
     reported in ``errors`` and the other meters still go ahead.
     """
+    from polar_metering._client import Metering as _Metering
+
+    if not isinstance(dry_run, bool):
+        raise ConfigurationError("dry_run: must be True or False")
+    if env is not None and not isinstance(env, Mapping):
+        raise ConfigurationError("env: must be a mapping of environment variable names to values")
     if client is not None:
+        if not isinstance(client, _Metering):
+            raise ConfigurationError("client: must be a Metering client")
         if catalog is not None:
             raise ConfigurationError("setup: give either catalog= or client=, not both")
         cat = client.catalog

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from polar_metering._catalog import Aggregation, Filter
 from polar_metering._evaluate import json_text
-from polar_metering._exceptions import ValidationError
+from polar_metering._exceptions import ConfigurationError, ValidationError
 from polar_metering.backends._engine.polar_surface import bucket_start, step
 from polar_metering.backends._engine.records import PolarEventIn
 from polar_metering.emulator import _schemas as s
@@ -55,6 +55,15 @@ _RANGE_MSG = (
 _LOCKED_MSG = "This field can't be updated because the meter is already aggregating events."
 _AGGREGATIONS = tuple(f.value for f in s.AggregationFunction)
 _INTERVALS = tuple(i.value for i in s.TimeInterval)
+
+
+def _definition(build: Callable[[Any], _T], data: Any, field: str) -> _T:
+    """A meter's filter or aggregation that passed the request schema but breaks a catalog rule the
+    engine needs (text it can store, filters at most 100 levels deep): a 422, never a 500."""
+    try:
+        return build(data)
+    except ConfigurationError as exc:
+        raise RequestRejected([error_item("value_error", ["body", field], f"Value error, {exc}")]) from None
 
 
 def not_found() -> PolarJSON:
@@ -315,8 +324,10 @@ class PolarRoutes:
         meter = await self.emu.run(
             lambda: self.engine.create_meter(
                 name=body.name,
-                filter=Filter.from_polar(body.filter.to_polar()),
-                aggregation=Aggregation.from_polar(s.aggregation_json(body.aggregation)),
+                filter=_definition(Filter.from_polar, body.filter.to_polar(), "filter"),
+                aggregation=_definition(
+                    Aggregation.from_polar, s.aggregation_json(body.aggregation), "aggregation"
+                ),
                 unit=body.unit.value,
                 custom_label=body.custom_label,
                 custom_multiplier=body.custom_multiplier,
@@ -366,9 +377,9 @@ class PolarRoutes:
         for name in body.model_fields_set:
             value = getattr(body, name)
             if name == "filter" and value is not None:
-                value = Filter.from_polar(value.to_polar())
+                value = _definition(Filter.from_polar, value.to_polar(), "filter")
             elif name == "aggregation" and value is not None:
-                value = Aggregation.from_polar(s.aggregation_json(value))
+                value = _definition(Aggregation.from_polar, s.aggregation_json(value), "aggregation")
             elif name == "unit" and value is not None:
                 value = value.value
             elif name == "metadata" and value is not None:

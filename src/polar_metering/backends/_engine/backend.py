@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from polar_metering._catalog import Aggregation, Catalog, Filter, Meter, Plan
 from polar_metering._clock import Clock, SystemClock
 from polar_metering._evaluate import unique_key
-from polar_metering._events import Event
+from polar_metering._events import Event, describe
 from polar_metering._exceptions import ConfigurationError, NotFound
 from polar_metering._periods import calendar_month, period_containing
 from polar_metering._projection import project
@@ -152,10 +152,16 @@ class LocalEngine(PolarSurface, Backend):
         unknown = set(options) - {"busy_timeout_ms", "echo", "create_schema"}
         if unknown:
             raise ConfigurationError(f"options: unknown options for the local engine: {sorted(unknown)}")
+        busy = options.get("busy_timeout_ms", 10_000)
+        if isinstance(busy, bool) or not isinstance(busy, int) or not 0 <= busy <= 2**31 - 1:
+            raise ConfigurationError(
+                f"busy_timeout_ms: must be an integer of milliseconds >= 0, got {describe(busy, 40)}"
+            )
+        for flag in ("echo", "create_schema"):
+            if not isinstance(options.get(flag, False), bool):
+                raise ConfigurationError(f"{flag}: must be true or false")
         super().__init__(url, catalog=catalog, clock=clock)
-        self.db = Database(
-            url.raw, busy_timeout_ms=options.get("busy_timeout_ms", 10_000), echo=options.get("echo", False)
-        )
+        self.db = Database(url.raw, busy_timeout_ms=busy, echo=options.get("echo", False))
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
