@@ -43,6 +43,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from polar_metering._catalog import MAX_FILTER_DEPTH
 from polar_metering.emulator._errors import RequestRejected, detail_from_pydantic, error_item
 
 __all__ = [
@@ -66,9 +67,10 @@ ORGANIZATION_TOKEN_MSG = "Setting organization_id is disallowed when using an or
 _NUL_MSG = "This value contains invalid characters"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 #: Bodies nesting deeper than this are refused before validation. Polar sets no bound; every body
-#: it defines is at most a few levels deep (a meter filter nests further only by design, and
-#: ``MAX_FILTER_DEPTH`` bounds that), and error reports echo nested inputs at every level.
-MAX_BODY_DEPTH = 64
+#: it defines is at most a few levels deep except a meter filter, whose every level is an object and
+#: a ``clauses`` list: the bound leaves room for the catalog's ``MAX_FILTER_DEPTH`` levels, and error
+#: reports echo nested inputs at every level.
+MAX_BODY_DEPTH = 2 * MAX_FILTER_DEPTH + 8
 _DEPTH_MSG = f"Value error, The body nests deeper than {MAX_BODY_DEPTH} levels."
 Int32 = Annotated[int, Ge(_INT32_MIN), Le(_INT32_MAX)]
 
@@ -295,9 +297,8 @@ class FilterClause(PolarSchema):
     value: Annotated[str, MaxLen(1000)] | Int32 | bool
 
 
-#: Filters nest; past this depth the emulator refuses them (Polar sets no bound, but nobody writes
-#: a 40-level filter and the engine evaluates filters recursively).
-MAX_FILTER_DEPTH = 32
+# Filters nest; past the catalog's MAX_FILTER_DEPTH the emulator refuses them, as the engine's own
+# catalog does (Polar sets no bound, but the engine evaluates filters recursively).
 
 
 class Filter(PolarSchema):
