@@ -303,16 +303,18 @@ def test_catalog_lookups() -> None:
 
 # --- Polar JSON round trip ------------------------------------------------------------------------------
 
+# Catalog text: NUL and surrogates are refused (test_catalog_text_refuses_nul_and_surrogates).
+catalog_text = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 properties = st.one_of(
     st.sampled_from(["name", "source", "timestamp", "size_gb", "metadata.size_gb", "_llm.total_tokens"]),
     # "metadata." is stripped once, like Polar does; a property that still starts with it after
     # stripping would be stripped again on the way back, as it would be by Polar.
-    st.text(min_size=1, max_size=12).filter(
+    st.text(catalog_text, min_size=1, max_size=12).filter(
         lambda p: normalize_property(p) and not p.startswith("metadata.")
     ),
 )
 clause_values = st.one_of(
-    st.text(max_size=30),
+    st.text(catalog_text, max_size=30),
     st.integers(min_value=-(2**31), max_value=2**31 - 1),
     st.booleans(),
     st.integers(min_value=-1000, max_value=1000).map(float),
@@ -341,6 +343,28 @@ def test_filter_round_trips_through_polar_json(flt: Filter) -> None:
     body = flt.to_polar()
     assert Filter.from_polar(body) == flt
     assert Filter.from_polar(json.loads(json.dumps(body))) == flt
+
+
+@given(
+    text=st.text(min_size=1, max_size=12).filter(lambda t: "\x00" in t or not t.isascii()),
+    where=st.sampled_from(["property", "value", "aggregation", "name", "plan"]),
+)
+def test_catalog_text_refuses_nul_and_surrogates(text: str, where: str) -> None:
+    """Catalog text is stored by the engine and sent to Polar, where NUL (PostgreSQL text and jsonb
+    refuse it) and surrogates (no encoder takes them) would fail later: refused when built."""
+    bad = "\x00" in text or any("\ud800" <= c <= "\udfff" for c in text)
+    build = {
+        "property": lambda: FilterClause(f"p{text}", "eq", 1),
+        "value": lambda: FilterClause("p", "eq", text),
+        "aggregation": lambda: Aggregation.sum(f"p{text}"),
+        "name": lambda: Meter("m", f"Meter {text}", Filter(), Aggregation.count()),
+        "plan": lambda: Plan(f"plan {text}"),
+    }[where]
+    if bad:
+        with pytest.raises(ConfigurationError, match=r"NUL|Unicode"):
+            build()
+    else:
+        build()
 
 
 @given(agg=aggregations)

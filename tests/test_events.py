@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 import math
 import re
+import sys
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -98,10 +100,26 @@ def test_nul_characters_are_rejected_anywhere(field: str, kwargs: dict[str, Any]
 
 @pytest.mark.parametrize(
     "value",
-    ["x", "x" * 500, "5", "true", 0, -1, 10**30, -(10**4299), 1.5, -0.0, 1e300, True, False],
+    [
+        "x",
+        "x" * 500,
+        "5",
+        "true",
+        "café ☕ 😀",
+        0,
+        -1,
+        10**30,
+        -(10**308),
+        int(sys.float_info.max),
+        1.5,
+        -0.0,
+        1e300,
+        True,
+        False,
+    ],
 )
 def test_allowed_metadata_values_are_kept_as_given(value: object) -> None:
-    """str 1..500, int of any practical size, finite float, bool; "5" and "true" stay strings."""
+    """str 1..500, int within the double range, finite float, bool; "5" and "true" stay strings."""
     clean = validate_metadata({"k": value})
     assert clean == {"k": value}
     assert type(clean["k"]) is type(value)
@@ -132,11 +150,32 @@ def test_rejected_metadata_values_name_the_key(value: object) -> None:
     assert err.value is value or (isinstance(value, float) and math.isnan(value))
 
 
-def test_integers_past_json_parsers_limit_are_rejected() -> None:
-    """An integer longer than 4300 digits can never be serialised, so it fails at track time."""
-    rejects("metadata.k", metadata={"k": 10**4300})
-    rejects("metadata.k", metadata={"k": -(10**4300)})
+def test_integers_past_the_double_range_are_rejected() -> None:
+    """Polar casts metadata numbers to double precision to filter and aggregate them (and the engine
+    reads them as floats), so an integer beyond the double range fails at track time, not later."""
+    for value in (10**4300, -(10**4300), 10**309, -(10**309), int(sys.float_info.max) + 1):
+        assert "double" in rejects("metadata.k", metadata={"k": value}).rule
     rejects("metadata._llm.total_tokens", metadata={"_llm": {**LLM, "total_tokens": 10**5000}})
+    rejects("metadata._llm.total_tokens", metadata={"_llm": {**LLM, "total_tokens": 10**400}})
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("name", {"name": "api\ud800"}),
+        ("customer_id", {"customer_id": "\udcff"}),
+        ("external_id", {"external_id": "id\udcff"}),
+        ("metadata.k", {"metadata": {"k": "caf\udce9"}}),
+        ("metadata.\\udcff", {"metadata": {"\udcff": "v"}}),
+        ("metadata._cost.currency", {"metadata": {"_cost": {"amount": 1, "currency": "usd\ud800"}}}),
+        ("metadata._llm.model", {"metadata": {"_llm": {**LLM, "model": "\udfff"}}}),
+        ("metadata._llm.response", {"metadata": {"_llm": {**LLM, "response": "ok\ud83d"}}}),
+    ],
+)
+def test_surrogates_are_rejected_anywhere(field: str, kwargs: dict[str, Any]) -> None:
+    """A surrogate code point cannot be encoded by any driver or JSON encoder: rejected by name."""
+    err = rejects(field, **kwargs)
+    assert err.rule == "must be valid Unicode text (no lone surrogates)"
 
 
 @pytest.mark.parametrize("bad", ["not a mapping", 5, ["k", "v"]])
@@ -211,9 +250,16 @@ def test_enum_values_still_obey_the_rules() -> None:
     [150, 0, -5, 12.5, "12.5", "99999.999999999999", "1.0000000000000", "1E+3", "0E+10", 99999],
 )
 def test_cost_amounts_polar_accepts(amount: object) -> None:
-    """At most 12 decimal places and 5 whole digits, counted after dropping trailing zeros."""
+    """At most 12 decimal places and 5 whole digits, counted after dropping trailing zeros. The
+    amount is kept as Polar stores it: parsed as a decimal, written as a JSON number (a float)."""
     clean = validate_metadata({"_cost": {"amount": amount, "currency": "usd"}})
-    assert clean == {"_cost": {"amount": amount, "currency": "usd"}}
+    number = clean["_cost"]["amount"]
+    assert type(number) is float
+    expected = float(Decimal(str(amount)))
+    if abs(expected) < 1e5:
+        assert clean == {"_cost": {"amount": expected, "currency": "usd"}}
+    else:  # 99999.999999999999 rounds up to 1e5: sent as the double just below, which Polar accepts
+        assert number == math.nextafter(expected, 0.0) and abs(number) < 1e5
 
 
 @pytest.mark.parametrize(
@@ -568,12 +614,15 @@ def test_cost_amount_matches_pydantics_decimal_rule(amount: object) -> None:
     meta = {"_cost": {"amount": amount, "currency": "usd"}}
     error: ValidationError | None = None
     try:
-        validate_metadata(meta)
+        clean = validate_metadata(meta)
     except ValidationError as exc:
         error = exc
     assert (error is None) is polar_ok
     if error is not None:
         assert error.field == "metadata._cost.amount"
+    else:
+        # What we keep (and deliver) is a number Polar accepts too, through its JSON body.
+        adapter.validate_json(json.dumps(clean["_cost"]["amount"]))
 
 
 def test_external_ids_differ_between_parent_and_forked_child() -> None:

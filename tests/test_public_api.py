@@ -12,14 +12,14 @@ def test_all_is_sorted_and_complete() -> None:
     assert exported == sorted(exported)
     public = {n for n in dir(polar_metering) if not n.startswith("_")} | {"__version__"}
     # Subpackages become attributes once imported anywhere; only aio and testing are part of the API.
-    internal = {"backends", "delivery", "emulator", "integrations", "llm", "webhooks"}
+    internal = {"backends", "dashboard", "delivery", "emulator", "integrations", "llm", "webhooks"}
     assert set(exported) == public - internal
 
 
 def test_async_module_mirrors_sync_functions() -> None:
     """Every module-level function has an awaitable twin in ``polar_metering.aio``."""
     sync_functions = {n for n in polar_metering.__all__ if n.startswith(("track_", "check_", "with_usage"))}
-    sync_functions |= {"get_all_usage", "reserve", "subscribe", "flush"}
+    sync_functions |= {"get_all_usage", "reserve", "subscribe", "flush", "usage_history"}
     missing = sync_functions - set(polar_metering.aio.__all__)
     assert not missing
 

@@ -28,6 +28,7 @@ from polar_metering._api import (
     track_storage_update,
     track_usage,
     track_usage_batch,
+    usage_history,
     with_usage_limit,
     with_usage_limit_safe,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "track_storage_update",
     "track_usage",
     "track_usage_batch",
+    "usage_history",
     "with_usage_limit",
     "with_usage_limit_safe",
 ]

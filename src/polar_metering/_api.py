@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from polar_metering._catalog import Catalog, Meter, Plan
-from polar_metering._client import Metering, Reservation
+from polar_metering._client import Metering, Reservation, check_timeout
 from polar_metering._events import Event, MetadataValue
 from polar_metering._exceptions import ConfigurationError
 from polar_metering._status import SafeResult, TrackingResult, UsageStatus
@@ -36,6 +36,7 @@ __all__ = [
     "track_storage_update",
     "track_usage",
     "track_usage_batch",
+    "usage_history",
     "with_usage_limit",
     "with_usage_limit_safe",
 ]
@@ -92,6 +93,7 @@ def get_client() -> Metering:
 def shutdown(timeout: float | None = None) -> None:
     """Flush and close the default client, if any."""
     global _default
+    timeout = check_timeout(timeout)  # before the client is let go, so a bad value closes nothing
     with _lock:
         client, _default = _default, None
     if client is not None:
@@ -183,6 +185,19 @@ def check_current_limit(
 
 def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus]:
     return get_client().get_all_usage(customer_id)
+
+
+def usage_history(
+    customer_id: str,
+    meter: str,
+    *,
+    start: datetime,
+    end: datetime | None = None,
+    interval: Literal["hour", "day", "week", "month", "year"] = "day",
+) -> list[tuple[datetime, float]]:
+    """Usage per time bucket, by event time: ``[(bucket_start, quantity), ...]`` (see
+    :meth:`Metering.usage_history`)."""
+    return get_client().usage_history(customer_id, meter, start=start, end=end, interval=interval)
 
 
 def with_usage_limit(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast, get_args
 
+from polar_metering._events import INT_MAX, describe, printable, text_error
 from polar_metering._exceptions import ConfigurationError
 
 __all__ = [
@@ -46,6 +47,17 @@ _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _INT32 = (-(2**31), 2**31 - 1)
 _MAX_FILTER_STRING = 1000  # Polar: a clause's string value is at most 1000 characters (§2.2)
 _MIN_METER_NAME = 3  # Polar: MeterCreate.name has min length 3 (§2.2)
+# Filters nest far less than this in practice; a bound keeps every walk over a filter (encoding,
+# compiling, comparing) well inside Python's recursion limit.
+MAX_FILTER_DEPTH = 100
+
+
+def _text(value: object, where: str) -> None:
+    """Catalog text is stored and sent to Polar: no NUL, no surrogates."""
+    if isinstance(value, str):
+        rule = text_error(value)
+        if rule is not None:
+            raise ConfigurationError(f"{where}: {rule}")
 
 
 def normalize_property(prop: str) -> str:
@@ -61,22 +73,25 @@ def _clause_value(value: object, where: str) -> ClauseValue:
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
             raise ConfigurationError(
-                f"{where}.value: must be a string, a whole number or a boolean, got {value!r}"
+                f"{where}.value: must be a string, a whole number or a boolean, got {describe(value, 40)}"
             )
         value = int(value)
     if isinstance(value, int):
         if not _INT32[0] <= value <= _INT32[1]:
             raise ConfigurationError(
-                f"{where}.value: integers must fit in 32 bits (Polar's rule), got {value}"
+                f"{where}.value: integers must fit in 32 bits (Polar's rule), got {describe(value, 40)}"
             )
-        return value
+        return int(value)
     if isinstance(value, str):
         if len(value) > _MAX_FILTER_STRING:
             raise ConfigurationError(
                 f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters"
             )
-        return value
-    raise ConfigurationError(f"{where}.value: must be a string, a whole number or a boolean, got {value!r}")
+        _text(value, f"{where}.value")
+        return value if type(value) is str else str.__str__(value)
+    raise ConfigurationError(
+        f"{where}.value: must be a string, a whole number or a boolean, got {describe(value, 40)}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +106,11 @@ class FilterClause:
     def __post_init__(self) -> None:
         if not isinstance(self.property, str) or not normalize_property(self.property):
             raise ConfigurationError("filter.clauses.property: must be a non-empty string")
+        _text(self.property, "filter.clauses.property")
         if not isinstance(self.operator, str) or self.operator not in _OPERATORS:
             raise ConfigurationError(
-                f"filter.clauses.operator: must be one of {sorted(_OPERATORS)}, got {self.operator!r}"
+                f"filter.clauses.operator: must be one of {sorted(_OPERATORS)}, "
+                f"got {describe(self.operator, 40)}"
             )
         object.__setattr__(self, "property", normalize_property(self.property))
         object.__setattr__(self, "value", _clause_value(self.value, "filter.clauses"))
@@ -111,14 +128,28 @@ class Filter:
 
     def __post_init__(self) -> None:
         if self.conjunction not in ("and", "or"):
-            raise ConfigurationError(f"filter.conjunction: must be 'and' or 'or', got {self.conjunction!r}")
+            raise ConfigurationError(
+                f"filter.conjunction: must be 'and' or 'or', got {describe(self.conjunction, 40)}"
+            )
+        if isinstance(self.clauses, str | bytes | Mapping) or not isinstance(self.clauses, Iterable):
+            raise ConfigurationError(
+                f"filter.clauses: must be a list of clauses, got {describe(self.clauses, 40)}"
+            )
         clauses = tuple(self.clauses)
         for clause in clauses:
             if not isinstance(clause, FilterClause | Filter):
                 raise ConfigurationError(
-                    f"filter.clauses: each clause must be a FilterClause or Filter, got {clause!r}"
+                    "filter.clauses: each clause must be a FilterClause or Filter, "
+                    f"got {describe(clause, 40)}"
                 )
         object.__setattr__(self, "clauses", clauses)
+        # Children were checked when they were built, so only this level can go past the bound.
+        stack = [(c, 2) for c in clauses if isinstance(c, Filter)]
+        while stack:
+            child, depth = stack.pop()
+            if depth > MAX_FILTER_DEPTH:
+                raise ConfigurationError(f"filter: filters nest at most {MAX_FILTER_DEPTH} levels deep")
+            stack.extend((c, depth + 1) for c in child.clauses if isinstance(c, Filter))
 
     @classmethod
     def event(cls, name: str, **metadata_equals: ClauseValue) -> Filter:
@@ -131,13 +162,15 @@ class Filter:
         return {"conjunction": self.conjunction, "clauses": [c.to_polar() for c in self.clauses]}
 
     @classmethod
-    def from_polar(cls, data: Mapping[str, Any], where: str = "filter") -> Filter:
+    def from_polar(cls, data: Mapping[str, Any], where: str = "filter", _depth: int = 1) -> Filter:
         """Build from Polar's JSON shape ``{conjunction, clauses: [...]}``."""
+        if _depth > MAX_FILTER_DEPTH:
+            raise ConfigurationError(f"filter: filters nest at most {MAX_FILTER_DEPTH} levels deep")
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"{where}: must be a table/object with 'conjunction' and 'clauses'")
-        unknown = set(data) - {"conjunction", "clauses"}
+        unknown = [k for k in data if k not in ("conjunction", "clauses")]
         if unknown:
-            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+            raise ConfigurationError(f"{where}: unknown keys {sorted(map(_key_text, unknown))}")
         raw_clauses = data.get("clauses", [])
         if not isinstance(raw_clauses, list | tuple):
             raise ConfigurationError(f"{where}.clauses: must be a list")
@@ -147,9 +180,9 @@ class Filter:
             if not isinstance(raw, Mapping):
                 raise ConfigurationError(f"{here}: must be a table/object")
             if "clauses" in raw:
-                clauses.append(cls.from_polar(raw, here))
+                clauses.append(cls.from_polar(raw, here, _depth + 1))
                 continue
-            missing = {"property", "operator", "value"} - set(raw)
+            missing = [k for k in ("operator", "property", "value") if k not in raw]
             if missing:
                 raise ConfigurationError(f"{here}: missing {sorted(missing)}")
             try:
@@ -183,13 +216,16 @@ class Aggregation:
 
     def __post_init__(self) -> None:
         if not isinstance(self.func, str) or self.func not in _FUNCS:
-            raise ConfigurationError(f"aggregation.func: must be one of {sorted(_FUNCS)}, got {self.func!r}")
+            raise ConfigurationError(
+                f"aggregation.func: must be one of {sorted(_FUNCS)}, got {describe(self.func, 40)}"
+            )
         if self.func == "count":
             if self.property is not None:
                 raise ConfigurationError("aggregation.property: count takes no property")
             return
         if not isinstance(self.property, str) or not normalize_property(self.property):
             raise ConfigurationError(f"aggregation.property: {self.func} needs the property to aggregate")
+        _text(self.property, "aggregation.property")
         object.__setattr__(self, "property", normalize_property(self.property))
 
     @classmethod
@@ -226,9 +262,9 @@ class Aggregation:
     def from_polar(cls, data: Mapping[str, Any], where: str = "aggregation") -> Aggregation:
         if not isinstance(data, Mapping) or "func" not in data:
             raise ConfigurationError(f"{where}.func: required (one of {sorted(_FUNCS)})")
-        unknown = set(data) - {"func", "property"}
+        unknown = [k for k in data if k not in ("func", "property")]
         if unknown:
-            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+            raise ConfigurationError(f"{where}: unknown keys {sorted(map(_key_text, unknown))}")
         try:
             return cls(data["func"], data.get("property"))
         except ConfigurationError as exc:
@@ -253,13 +289,14 @@ class Meter:
         # fullmatch: with match, "$" would let a trailing newline through.
         if not isinstance(self.slug, str) or not _SLUG.fullmatch(self.slug):
             raise ConfigurationError(
-                f"meter {self.slug!r}: slug must be lowercase letters, digits and underscores, "
+                f"meter {describe(self.slug, 40)}: slug must be lowercase letters, digits and underscores, "
                 "starting with a letter, at most 64 characters"
             )
         if not isinstance(self.name, str) or len(self.name) < _MIN_METER_NAME:
             raise ConfigurationError(
                 f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters"
             )
+        _text(self.name, f"meter {self.slug!r}: name")
         if not isinstance(self.filter, Filter):
             raise ConfigurationError(f"meter {self.slug!r}: filter must be a Filter")
         if not isinstance(self.aggregation, Aggregation):
@@ -303,12 +340,13 @@ class Meter:
     @classmethod
     def from_mapping(cls, slug: str, data: Mapping[str, Any]) -> Meter:
         """Build from a ``metering.toml`` table. Either ``event = "..."`` or a full ``filter`` table."""
-        where = f"meter {slug!r}"
+        where = f"meter {describe(slug, 40)}"
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"{where}: must be a table")
-        unknown = set(data) - {"name", "event", "filter", "aggregation", "func", "property", "unit"}
+        known = ("name", "event", "filter", "aggregation", "func", "property", "unit")
+        unknown = [k for k in data if k not in known]
         if unknown:
-            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+            raise ConfigurationError(f"{where}: unknown keys {sorted(map(_key_text, unknown))}")
         try:
             if "filter" in data and "event" in data:
                 raise ConfigurationError("give either 'event' or 'filter', not both")
@@ -358,25 +396,28 @@ class Plan:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigurationError("plan.name: must be a non-empty string")
+        _text(self.name, "plan.name")
+        who = f"plan {describe(self.name, 60)}"
         if self.interval not in ("month", "year"):
             raise ConfigurationError(
-                f"plan {self.name!r}: interval must be 'month' or 'year', got {self.interval!r}"
+                f"{who}: interval must be 'month' or 'year', got {describe(self.interval, 40)}"
             )
         if not isinstance(self.rollover, bool):
-            raise ConfigurationError(f"plan {self.name!r}: rollover must be true or false")
+            raise ConfigurationError(f"{who}: rollover must be true or false")
         if not isinstance(self.credits, Mapping):
-            raise ConfigurationError(f"plan {self.name!r}: credits must map meter slugs to numbers")
+            raise ConfigurationError(f"{who}: credits must map meter slugs to numbers")
         clean: dict[str, float] = {}
         for slug, units in self.credits.items():
+            if not isinstance(slug, str) or text_error(slug) is not None:
+                raise ConfigurationError(f"{who}: credits keys must be meter slugs, got {describe(slug, 40)}")
             if (
                 isinstance(units, bool)
                 or not isinstance(units, int | float)
+                or (isinstance(units, int) and not 0 <= units <= INT_MAX)  # before isfinite, which overflows
                 or not math.isfinite(units)
                 or units < 0
             ):
-                raise ConfigurationError(
-                    f"plan {self.name!r}: credits[{slug!r}] must be a finite number >= 0"
-                )
+                raise ConfigurationError(f"{who}: credits[{describe(slug, 60)}] must be a finite number >= 0")
             clean[slug] = units
         object.__setattr__(self, "credits", clean)
 
@@ -401,13 +442,17 @@ class Catalog:
     plans: tuple[Plan, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("meters", "plans"):
+            items = getattr(self, name)
+            if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+                raise ConfigurationError(f"{name}: must be a list, got {describe(items, 40)}")
         meters = tuple(self.meters)
         plans = tuple(self.plans)
         seen: set[str] = set()
         names: set[str] = set()
         for meter in meters:
             if not isinstance(meter, Meter):
-                raise ConfigurationError(f"meters: expected Meter objects, got {meter!r}")
+                raise ConfigurationError(f"meters: expected Meter objects, got {describe(meter, 40)}")
             if meter.slug in seen:
                 raise ConfigurationError(f"meter {meter.slug!r}: slug is defined twice")
             if meter.name in names:
@@ -419,7 +464,7 @@ class Catalog:
         plan_names: set[str] = set()
         for plan in plans:
             if not isinstance(plan, Plan):
-                raise ConfigurationError(f"plans: expected Plan objects, got {plan!r}")
+                raise ConfigurationError(f"plans: expected Plan objects, got {describe(plan, 40)}")
             if plan.name in plan_names:
                 raise ConfigurationError(f"plan {plan.name!r}: defined twice")
             plan_names.add(plan.name)
@@ -437,7 +482,7 @@ class Catalog:
             return self._by_slug[slug]  # type: ignore[attr-defined,no-any-return]
         except KeyError:
             raise ConfigurationError(
-                f"meter: unknown meter {slug!r}; known meters are {sorted(self._by_slug)}"  # type: ignore[attr-defined]
+                f"meter: unknown meter {describe(slug, 60)}; known meters are {sorted(self._by_slug)}"  # type: ignore[attr-defined]
             ) from None
 
     def plan(self, name: str) -> Plan:
@@ -445,7 +490,7 @@ class Catalog:
             return self._plans[name]  # type: ignore[attr-defined,no-any-return]
         except KeyError:
             raise ConfigurationError(
-                f"plan: unknown plan {name!r}; known plans are {sorted(self._plans)}"  # type: ignore[attr-defined]
+                f"plan: unknown plan {describe(name, 60)}; known plans are {sorted(self._plans)}"  # type: ignore[attr-defined]
             ) from None
 
     @property
@@ -456,13 +501,24 @@ class Catalog:
         return Catalog(tuple(meters), self.plans)
 
 
+def _key_text(key: object) -> str:
+    return printable(key) if isinstance(key, str) else describe(key, 40)
+
+
 def _catalog_from_toml(path: Path) -> Catalog:
+    shown = describe(str(path), 200)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigurationError(f"catalog: file {str(path)!r} does not exist") from None
+        raise ConfigurationError(f"catalog: file {shown} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"catalog: {path} is not valid TOML: {exc}") from None
+        raise ConfigurationError(f"catalog: {shown} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"catalog: {shown} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigurationError(f"catalog: {shown} nests too deeply") from None
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the path
+        raise ConfigurationError(f"catalog: cannot read {shown}: {type(exc).__name__}") from None
     unknown = set(data) - {"meters", "plans", "defaults"}
     if unknown:
         raise ConfigurationError(f"catalog: {path}: unknown top-level keys {sorted(unknown)}")
@@ -477,6 +533,7 @@ def _catalog_from_toml(path: Path) -> Catalog:
         raise ConfigurationError(f"catalog: {path}: [meters.<slug>] tables expected")
     default_slugs = {m.slug for m in meters}
     for slug, table in raw_meters.items():
+        _text(slug, "meters")
         meter = Meter.from_mapping(slug, table)
         if slug in default_slugs:
             meters = [meter if m.slug == slug else m for m in meters]
@@ -487,11 +544,12 @@ def _catalog_from_toml(path: Path) -> Catalog:
     if not isinstance(raw_plans, Mapping):
         raise ConfigurationError(f"catalog: {path}: [plans.<name>] tables expected")
     for name, table in raw_plans.items():
+        _text(name, "plans")
         if not isinstance(table, Mapping):
             raise ConfigurationError(f"plan {name!r}: must be a table")
-        unknown = set(table) - {"credits", "interval", "rollover"}
-        if unknown:
-            raise ConfigurationError(f"plan {name!r}: unknown keys {sorted(unknown)}")
+        extra = [k for k in table if k not in ("credits", "interval", "rollover")]
+        if extra:
+            raise ConfigurationError(f"plan {name!r}: unknown keys {sorted(extra)}")
         plans.append(
             Plan(
                 name,
@@ -520,11 +578,16 @@ def load_catalog(source: str | Path | Catalog | Iterable[Meter] | None = None) -
             obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigurationError(f"catalog: cannot load {source!r}: {exc}") from None
+        except Exception as exc:  # ImportError, a relative name (TypeError), an empty one (ValueError), ...
+            raise ConfigurationError(
+                f"catalog: cannot load {describe(source, 200)}: "
+                f"{type(exc).__name__}: {describe(str(exc), 200)}"
+            ) from None
+        if isinstance(obj, str | Path):
+            raise ConfigurationError(
+                f"catalog: {describe(source, 200)} names a string, not a Catalog or meters"
+            )
         return load_catalog(obj)
-    try:
-        meters = tuple(source)
-    except TypeError:
-        raise ConfigurationError(f"catalog: cannot build a catalog from {source!r}") from None
-    return Catalog(meters)
+    if isinstance(source, bytes | Mapping) or not isinstance(source, Iterable):
+        raise ConfigurationError(f"catalog: cannot build a catalog from {describe(source, 40)}")
+    return Catalog(tuple(source))

@@ -1,4 +1,4 @@
-"""The ``polar-metering`` command: demo, usage, setup, emulator, outbox.
+"""The ``polar-metering`` command: demo, usage, dashboard, setup, emulator, outbox.
 
 It needs the ``cli`` extra (Typer and Rich); without it, ``main`` prints how to install it.
 """
@@ -22,7 +22,7 @@ def _build_app() -> Any:
 
     app = typer.Typer(
         name="polar-metering",
-        help="Usage-based billing on Polar meters: demo, setup, emulator, usage, outbox.",
+        help="Usage-based billing on Polar meters: demo, setup, emulator, usage, dashboard, outbox.",
         no_args_is_help=True,
         add_completion=False,
     )
@@ -67,29 +67,29 @@ def _build_app() -> Any:
             usage_table("org_globex after the month turned over", {"org_globex": report.after_reset})
         )
 
-    @app.command()
-    def usage(
-        customer: str = typer.Argument(..., help="The customer (external id) to show."),
-        url: str = typer.Option(
-            None, envvar="METERING_URL", help="Backend URL (default sqlite:///metering.db)."
+    def version(value: bool) -> None:
+        if value:
+            from polar_metering._version import __version__
+
+            typer.echo(f"polar-metering {__version__}")
+            raise typer.Exit()
+
+    @app.callback()
+    def root(
+        show_version: bool = typer.Option(
+            False, "--version", callback=version, is_eager=True, help="Print the version and exit."
         ),
-        catalog: str = typer.Option(None, help="metering.toml or module:attribute with your meters."),
     ) -> None:
-        """Show a customer's usage on every meter."""
-        from polar_metering._client import Metering
-        from polar_metering._exceptions import MeteringError
+        """Usage-based billing on Polar meters: demo, setup, emulator, usage, dashboard, outbox."""
 
-        try:
-            with Metering(url, catalog=catalog) as client:
-                rows = {customer: client.get_all_usage(customer)}
-        except MeteringError as e:
-            console.print(f"[red]error:[/] {e}")
-            raise typer.Exit(4) from None
-        console.print(usage_table(f"Usage of {customer}", rows))
-
+    _add_optional(app, "polar_metering._cli_usage", "usage", "Show usage: one customer, --all, or --history.")
+    _add_optional(
+        app, "polar_metering.dashboard._cli", "dashboard", "Serve the real-time usage dashboard."
+    )
     _add_optional(
         app, "polar_metering._cli_setup", "setup", "Create missing meters in Polar and report drift."
     )
+    _add_optional(app, "polar_metering._cli_check", "check-meters", "Flag meters that surprise on Polar.")
     _add_optional(app, "polar_metering.emulator._cli", "emulator", "Run the Polar-compatible emulator.")
     _add_optional(app, "polar_metering.delivery._cli", "outbox", "Inspect and drain the delivery outbox.")
     return app

@@ -86,6 +86,10 @@ def _print_report(console: Console, report: SetupReport) -> None:
         console.print(escape(r.diff or ""), highlight=False)
     for line in report.errors:
         console.print(f"[red]error:[/] {escape(line)}", highlight=False)
+    for finding in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(str(finding))}", highlight=False)
+    if report.warnings:
+        console.print("Run `polar-metering check-meters` for the same list without contacting Polar.")
     console.print(escape(str(report).splitlines()[-1]), highlight=False)
 
 

@@ -14,15 +14,25 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 from polar_metering._catalog import Catalog, Meter, Plan
-from polar_metering._config import MeteringConfig, build_config
+from polar_metering._config import MAX_TTL, MeteringConfig, build_config
 from polar_metering._context import current_customer as _current_customer_cm
 from polar_metering._context import require_current_customer
-from polar_metering._events import Event, MetadataValue, validate_event
+from polar_metering._events import (
+    Event,
+    MetadataValue,
+    check_number,
+    check_text,
+    describe,
+    parse_timestamp,
+    printable,
+    validate_event,
+    validate_value,
+)
 from polar_metering._exceptions import (
     BackendError,
     ConfigurationError,
@@ -48,6 +58,9 @@ _ALIASES = (
     ("event_name", "name", "eventName"),
     ("metadata", "properties"),
 )
+# A count meter records one event per unit committed.
+MAX_COUNT_COMMIT = 100_000
+_LAST_HISTORY_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
 _BATCH_KEYS = frozenset({"customer_id", "event_name", "metadata", "timestamp", "external_id"})
 _ALL_KEYS = frozenset({n for names in _ALIASES for n in names} | {"timestamp", "external_id", "externalId"})
 
@@ -55,19 +68,19 @@ _ALL_KEYS = frozenset({n for names in _ALIASES for n in names} | {"timestamp", "
 def _require_str(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(field, "must be a non-empty string", value)
+    check_text(value, field)
     return value
 
 
 def _require_number(value: object, field: str, *, integral: bool = False) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(field, "must be a number", value)
-    if not math.isfinite(value):
-        raise ValidationError(field, "must be finite", value)
-    if value < 0:
-        raise ValidationError(field, "must be >= 0", value)
-    if integral and value != int(value):
-        raise ValidationError(field, "must be a whole number", value)
-    return int(value) if integral else value
+    return check_number(value, field, integral=integral)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """``None`` (wait as long as it takes) or a finite number of seconds >= 0."""
+    if timeout is None:
+        return None
+    return float(check_number(timeout, "timeout"))
 
 
 class _Throttle:
@@ -128,6 +141,22 @@ class _Core:
                 bad.append((i, ValidationError(f"events[{i}].{e.field}", e.rule, e.value)))
         return good, bad
 
+    def checked_batch(
+        self, items: object
+    ) -> tuple[list[Event], list[tuple[int, ValidationError]]] | TrackingResult:
+        """``batch`` as ``track_usage_batch`` reports it: a result when nothing can be ingested."""
+        try:
+            good, bad = self.batch(items)
+        except ValidationError as e:
+            return self.invalid(e)
+        if bad and self.config.strict:
+            from polar_metering._exceptions import BatchValidationError
+
+            raise BatchValidationError(bad)
+        for index, error in bad:
+            logger.warning("polar_metering: event %d rejected: %s", index, error)
+        return good, bad
+
     def _batch_item(self, item: object, now: datetime) -> Event:
         if type(item) is not dict:
             if isinstance(item, Event):
@@ -144,11 +173,19 @@ class _Core:
         if item.keys() <= _BATCH_KEYS:  # the documented spelling: no aliases to resolve
             customer, name, metadata = item.get("customer_id"), item.get("event_name"), item.get("metadata")
         else:
+            for key in item:
+                if not isinstance(key, str):
+                    raise ValidationError(
+                        "event",
+                        "keys must be strings (customer_id, event_name, metadata, timestamp, external_id), "
+                        f"got {describe(key, 40)}",
+                        key,
+                    )
             customer, name, metadata = (self._alias(item, names) for names in _ALIASES)
             unknown = item.keys() - _ALL_KEYS
             if unknown:
                 raise ValidationError(
-                    sorted(unknown)[0],
+                    printable(sorted(unknown)[0]),
                     "is not an event field (customer_id, event_name, metadata, timestamp, external_id)",
                     None,
                 )
@@ -302,14 +339,55 @@ class _Core:
         amt = None if amount is None else float(_require_number(amount, "amount"))
         return customer, m, amt
 
-    def history_range(self, start: object, end: object, interval: object) -> tuple[datetime, datetime]:
-        from polar_metering._events import parse_timestamp
+    def hold_args(
+        self, customer_id: object, meter: object, amount: object, ttl: object
+    ) -> tuple[str, Meter, float, float]:
+        """``reserve``'s arguments: an amount is required; ttl is seconds in (0, 7 days]."""
+        if amount is None:
+            raise ValidationError("amount", "is required: the number of units to hold", amount)
+        customer, m, _ = self.limit_args(customer_id, meter, None)
+        amt = float(_require_number(amount, "amount"))
+        if ttl is None:
+            return customer, m, amt, self.config.reservation_ttl
+        seconds = float(_require_number(ttl, "ttl"))
+        if not 0 < seconds <= MAX_TTL:
+            raise ValidationError("ttl", f"must be > 0 and at most {MAX_TTL:g} seconds (7 days)", ttl)
+        return customer, m, amt, seconds
 
+    @staticmethod
+    def value(value: object) -> MetadataValue | None:
+        """A unique meter's candidate value: a metadata value by the event rules, or None."""
+        return None if value is None else validate_value(value, "value")
+
+    def subscription(
+        self, customer_id: object, plan: object, started_at: object
+    ) -> tuple[str, str | Plan, datetime | None]:
+        customer = _require_str(customer_id, "customer_id")
+        if isinstance(plan, str):
+            if not plan:
+                raise ValidationError("plan", "must be a plan name or a Plan", plan)
+            check_text(plan, "plan")
+            try:
+                plan = self.catalog.plan(plan)
+            except ConfigurationError:
+                pass  # the engine may know plans stored by another process
+        elif not isinstance(plan, Plan):
+            raise ValidationError("plan", "must be a plan name or a Plan", plan)
+        # Periods are anchored at an instant: a naive datetime has none (as for event timestamps).
+        anchor = (
+            None if started_at is None else parse_timestamp(started_at, "started_at", now=self.clock.now())
+        )
+        return customer, plan, anchor
+
+    def history_range(self, start: object, end: object, interval: object) -> tuple[datetime, datetime]:
         if interval not in _INTERVALS:
             raise ValidationError("interval", f"must be one of {list(_INTERVALS)}", interval)
         now = self.clock.now()
         first = parse_timestamp(start, "start")
         last = now if end is None else parse_timestamp(end, "end")
+        # Buckets are laid out up to the one after ``end``; past 9998 that one would leave datetime's range.
+        if last >= _LAST_HISTORY_INSTANT:
+            raise ValidationError("end", "must be before 9999-01-01T00:00:00Z", end)
         if first > last:
             raise ValidationError("start", "must not be after end", start)
         # Align to the bucket so each point is a whole hour/day/week/month/year (UTC).
@@ -368,19 +446,30 @@ class _Core:
                 "record usage for it; track the usage yourself and call release()"
             )
         func, prop = meter.aggregation.func, meter.aggregation.property
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValidationError(
+                "metadata", "must be a mapping of string keys to str, int, float or bool", metadata
+            )
         extra = dict(metadata or {})
         amount = hold.amount if actual is None else float(_require_number(actual, "actual"))
         if func == "count":
             if amount != int(amount):
                 raise ValidationError("actual", "must be a whole number of events for a count meter", actual)
+            if amount > MAX_COUNT_COMMIT:
+                raise ValidationError(
+                    "actual",
+                    f"a count meter records one event per unit: at most {MAX_COUNT_COMMIT} per commit",
+                    actual,
+                )
             return [self.event(hold.customer, name, {**extra, **fixed}) for _ in range(int(amount))]
-        assert prop is not None
+        if prop is None:  # pragma: no cover - Aggregation requires a property for every func but count
+            raise ConfigurationError(f"reserve: meter {meter.slug!r} aggregates no property")
         if func == "unique":
             if value is None:
                 raise ValidationError(
                     "value", f"the distinct {prop!r} value is required for unique meters", value
                 )
-            return [self.event(hold.customer, name, {**extra, **fixed, prop: value})]
+            return [self.event(hold.customer, name, {**extra, **fixed, prop: self.value(value)})]
         number: MetadataValue = int(amount) if amount == int(amount) else amount
         return [self.event(hold.customer, name, {**extra, **fixed, prop: number})]
 
@@ -425,6 +514,8 @@ class Metering(_Base):
     ) -> None:
         if config is not None and (url is not None or options):
             raise ConfigurationError("Metering: give either config= or url/options, not both")
+        if config is not None and not isinstance(config, MeteringConfig):
+            raise ConfigurationError(f"config: must be a MeteringConfig, got {describe(config, 40)}")
         self._core = _Core(config or build_config(url, **options))
         self.backend = _make_backend(self._core.config)
         self._closed = False
@@ -468,17 +559,10 @@ class Metering(_Base):
 
     def track_usage_batch(self, events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
         """Record many events at once; invalid ones are listed in ``rejected`` and the rest are kept."""
-        try:
-            good, bad = self._core.batch(events)
-        except ValidationError as e:
-            return self._core.invalid(e)
-        if bad and self._core.config.strict:
-            from polar_metering._exceptions import BatchValidationError
-
-            raise BatchValidationError(bad)
-        for index, error in bad:
-            logger.warning("polar_metering: event %d rejected: %s", index, error)
-        return self._ingest(good, bad)
+        checked = self._core.checked_batch(events)
+        if isinstance(checked, TrackingResult):
+            return checked
+        return self._ingest(*checked)
 
     def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
         try:
@@ -550,6 +634,7 @@ class Metering(_Base):
     ) -> UsageStatus:
         """May ``customer_id`` go ahead on ``meter`` (with an action of ``amount`` units, if given)?"""
         customer, m, amt = self._core.limit_args(customer_id, meter, amount)
+        value = self._core.value(value)
         try:
             reading = self.backend.reading(customer, m)
             counted = (
@@ -610,6 +695,8 @@ class Metering(_Base):
         take the last units; the action records its own usage (as in the seed guide) and the hold is
         then released.
         """
+        if not callable(action):
+            raise ValidationError("action", "must be callable", action)
         customer = customer_id if customer_id is not None else require_current_customer()
         if amount is None:
             status = self.check_limit(customer, meter)
@@ -643,30 +730,25 @@ class Metering(_Base):
         self, customer_id: str, meter: str, amount: float, *, ttl: float | None = None
     ) -> Reservation:
         """Hold ``amount`` units now or raise :class:`UsageLimitExceeded`; use as a context manager."""
-        customer, m, amt = self._core.limit_args(customer_id, meter, amount)
-        assert amt is not None
-        hold, reading = self.backend.hold(customer, m, amt, ttl=ttl or self.config.reservation_ttl)
+        customer, m, amt, seconds = self._core.hold_args(customer_id, meter, amount, ttl)
+        hold, reading = self.backend.hold(customer, m, amt, ttl=seconds)
         if hold is None:
             raise UsageLimitExceeded(self._core.status(m, reading, amt), meter=m.slug, customer=customer)
         return Reservation(self, hold, m)
 
     # -- plans and lifecycle ----------------------------------------------------------------------
     def subscribe(self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
-        """Put a customer on a plan (local engine), with billing periods anchored at ``started_at``."""
-        customer = _require_str(customer_id, "customer_id")
-        if isinstance(plan, str):
-            try:
-                plan = self.catalog.plan(plan)
-            except ConfigurationError:
-                pass  # the engine may know plans stored by another process
-        self.backend.subscribe(customer, plan, started_at)
+        """Put a customer on a plan (local engine), with billing periods anchored at ``started_at``
+        (a timezone-aware datetime, not in the future; default now)."""
+        self.backend.subscribe(*self._core.subscription(customer_id, plan, started_at))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything tracked so far is stored or delivered; False if ``timeout`` ran out."""
-        return self.backend.flush(timeout)
+        return self.backend.flush(check_timeout(timeout))
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` and release the backend. Safe to call twice."""
+        timeout = check_timeout(timeout)
         with self._lock:
             if self._closed:
                 return
@@ -781,9 +863,10 @@ class AsyncMetering(_Base):
     async def track_usage_batch(self, events: Iterable[Mapping[str, Any] | Event]) -> TrackingResult:
         if self.backend.nonblocking_ingest:
             return self._sync.track_usage_batch(events)
-        return await self._run(
-            self._sync.track_usage_batch, list(events) if not isinstance(events, list) else events
-        )
+        if isinstance(events, Iterable) and not isinstance(events, list | Mapping | str | bytes):
+            events = list(events)  # drawn here, on the caller's side, not in the worker thread
+        # Anything else (not a list of events at all) is reported by the sync method's validation.
+        return await self._run(self._sync.track_usage_batch, events)
 
     async def _track_one(self, build: Callable[[], Event]) -> TrackingResult:
         try:
@@ -847,6 +930,7 @@ class AsyncMetering(_Base):
         self, customer_id: str, meter: str, *, amount: float | None = None, value: MetadataValue | None = None
     ) -> UsageStatus:
         customer, m, amt = self._core.limit_args(customer_id, meter, amount)
+        value = self._core.value(value)
         if value is None:
             reading = self.backend.peek(customer, m)
             if reading is not None:
@@ -907,6 +991,8 @@ class AsyncMetering(_Base):
         **kwargs: Any,
     ) -> Any:
         """Run a sync callable or coroutine function if the limit allows; raise UsageLimitExceeded if not."""
+        if not callable(action):
+            raise ValidationError("action", "must be callable", action)
         customer = customer_id if customer_id is not None else require_current_customer()
         if amount is None:
             status = await self.check_limit(customer, meter)

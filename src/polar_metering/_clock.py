@@ -10,7 +10,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
+from polar_metering._events import check_number, parse_timestamp
+from polar_metering._exceptions import ValidationError
+
 __all__ = ["Clock", "ManualClock", "SystemClock"]
+
+# Billing periods and history buckets end after "now"; from 9999 on, that end would leave the range
+# of datetime, so a manual clock stays before it.
+_LAST = datetime(9999, 1, 1, tzinfo=UTC)
+_RANGE_RULE = "must keep the clock before 9999-01-01T00:00:00Z"
+_UNITS = ("days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks")
 
 
 @runtime_checkable
@@ -37,6 +46,12 @@ class SystemClock:
         return "SystemClock()"
 
 
+def _in_range(when: datetime, field: str) -> datetime:
+    if when >= _LAST:
+        raise ValidationError(field, "must be before 9999-01-01T00:00:00Z", when)
+    return when
+
+
 class ManualClock:
     """A clock that moves only when told to, for tests: ``clock.advance(days=31)``.
 
@@ -45,13 +60,10 @@ class ManualClock:
     """
 
     def __init__(self, start: datetime | str | None = None) -> None:
-        if start is None:
-            start = datetime.now(UTC)
-        elif isinstance(start, str):
-            start = datetime.fromisoformat(start)
-        if start.tzinfo is None:
-            raise ValueError("start: must be timezone-aware")
-        self._now = start.astimezone(UTC)
+        # The same rules as event timestamps (aware, ISO-8601 when a string), future allowed.
+        self._now = (
+            datetime.now(UTC) if start is None else _in_range(parse_timestamp(start, "start"), "start")
+        )
         self._mono = 1_000.0
         self._lock = threading.Lock()
 
@@ -63,10 +75,20 @@ class ManualClock:
 
     def advance(self, seconds: float = 0.0, **kwargs: float) -> datetime:
         """Move both clocks forward by ``seconds`` plus any ``timedelta`` keywords (days=, hours=...)."""
-        delta = timedelta(seconds=seconds, **kwargs)
+        parts = {"seconds": check_number(seconds, "seconds", minimum=None)}
+        for unit, amount in kwargs.items():
+            if unit not in _UNITS:
+                raise ValidationError(unit, f"is not a unit of time; use one of {list(_UNITS)}", amount)
+            parts[unit] = check_number(amount, unit, minimum=None)
+        try:
+            delta = timedelta(**parts)
+        except OverflowError:
+            raise ValidationError("seconds", _RANGE_RULE, seconds) from None
         if delta < timedelta(0):
-            raise ValueError("advance: a clock only moves forward")
+            raise ValidationError("seconds", "a clock only moves forward", seconds)
         with self._lock:
+            if delta >= _LAST - self._now:
+                raise ValidationError("seconds", _RANGE_RULE, seconds)
             self._now += delta
             self._mono += delta.total_seconds()
             return self._now
@@ -81,9 +103,10 @@ class ManualClock:
 
     def set(self, when: datetime) -> datetime:
         """Jump to ``when`` (not earlier than now)."""
-        if when.tzinfo is None:
-            raise ValueError("when: must be timezone-aware")
-        return self.advance((when.astimezone(UTC) - self._now).total_seconds())
+        target = _in_range(parse_timestamp(when, "when"), "when")
+        if target < self._now:
+            raise ValidationError("when", "a clock only moves forward", when)
+        return self.advance((target - self._now).total_seconds())
 
     def __repr__(self) -> str:
         return f"ManualClock({self._now.isoformat()!r})"

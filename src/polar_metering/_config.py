@@ -21,11 +21,16 @@ from typing import Any, Literal
 
 from polar_metering._catalog import Catalog, Meter, Plan, load_catalog
 from polar_metering._clock import Clock, SystemClock
+from polar_metering._events import SURROGATE_RULE, describe, text_error
 from polar_metering._exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_URL", "MeteringConfig", "build_config"]
+__all__ = ["DEFAULT_URL", "MAX_TTL", "MeteringConfig", "build_config"]
 
 DEFAULT_URL = "sqlite:///metering.db"
+# The longest reservation hold, in seconds: it outlives no sensible action, and the bound keeps
+# ``now + ttl`` inside datetime's range.
+MAX_TTL = 7 * 86_400.0
+_MAX_SECONDS = 10**18
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,20 +61,61 @@ class MeteringConfig:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
+                or not -_MAX_SECONDS <= value <= _MAX_SECONDS  # before isfinite: a huge int overflows it
                 or not math.isfinite(value)
                 or value < 0
             ):
-                raise ConfigurationError(f"{name}: must be a finite number of seconds >= 0, got {value!r}")
+                raise ConfigurationError(
+                    f"{name}: must be a finite number of seconds >= 0, got {describe(value, 40)}"
+                )
         if self.reservation_ttl <= 0:
             raise ConfigurationError("reservation_ttl: must be > 0 seconds")
+        if self.reservation_ttl > MAX_TTL:
+            raise ConfigurationError(f"reservation_ttl: must be at most {MAX_TTL:g} seconds (7 days)")
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 1:
-            raise ConfigurationError(f"cache_size: must be an integer >= 1, got {self.cache_size!r}")
+            raise ConfigurationError(
+                f"cache_size: must be an integer >= 1, got {describe(self.cache_size, 40)}"
+            )
+        for name in ("fail_open", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"{name}: must be True or False, got {describe(getattr(self, name), 40)}"
+                )
+        for name in ("url", "access_token", "base_url", "outbox_path"):
+            value = getattr(self, name)
+            if value is None and name != "url":
+                continue
+            if name == "outbox_path" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str) or not value:
+                # Never echo what was given for the token: it may be the token in another type.
+                shown = type(value).__name__ if name == "access_token" else describe(value, 40)
+                raise ConfigurationError(f"{name}: must be a non-empty string, got {shown}")
+            rule = text_error(value)
+            # A file path may hold surrogate escapes (undecodable bytes in a file name); nothing else may.
+            if rule is not None and not (name == "outbox_path" and rule == SURROGATE_RULE):
+                raise ConfigurationError(f"{name}: {rule}")
+        if not isinstance(self.catalog, Catalog):
+            raise ConfigurationError("catalog: must be a Catalog")
+        if not isinstance(self.backend_options, Mapping) or not all(
+            isinstance(k, str) for k in self.backend_options
+        ):
+            raise ConfigurationError(
+                f"backend_options: must be a mapping of option names to values, got "
+                f"{describe(self.backend_options, 40)}"
+            )
         if self.environment not in ("sandbox", "production"):
             raise ConfigurationError(
-                f"environment: must be 'sandbox' or 'production', got {self.environment!r}"
+                f"environment: must be 'sandbox' or 'production', got {describe(self.environment, 40)}"
             )
         if not isinstance(self.clock, Clock):
             raise ConfigurationError("clock: must have now() and monotonic() methods")
+
+
+def _sequence(items: object, name: str) -> tuple[Any, ...]:
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        raise ConfigurationError(f"{name}: must be a list, got {describe(items, 40)}")
+    return tuple(items)
 
 
 def build_config(
@@ -97,12 +143,12 @@ def build_config(
     cat = (
         load_catalog(catalog)
         if catalog is not None
-        else Catalog(tuple(meters))
+        else Catalog(_sequence(meters, "meters"))
         if meters is not None
         else Catalog()
     )
     if plans is not None:
-        cat = Catalog(cat.meters, tuple(cat.plans) + tuple(plans))
+        cat = Catalog(cat.meters, tuple(cat.plans) + _sequence(plans, "plans"))
     url = url or env.get("METERING_URL") or DEFAULT_URL
     fallbacks = {
         "access_token": env.get("POLAR_ACCESS_TOKEN") or None,

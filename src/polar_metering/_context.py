@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
+from polar_metering._events import check_text
 from polar_metering._exceptions import ConfigurationError, ValidationError
 
 __all__ = ["current_customer", "get_current_customer", "require_current_customer", "set_current_customer"]
@@ -35,13 +36,22 @@ def require_current_customer() -> str:
 
 def set_current_customer(customer_id: str | None) -> Token[str | None]:
     """Set the current customer and return the token that ``reset_current_customer`` takes."""
-    if customer_id is not None and (not isinstance(customer_id, str) or not customer_id):
-        raise ValidationError("customer_id", "must be a non-empty string", customer_id)
+    if customer_id is not None:
+        if not isinstance(customer_id, str) or not customer_id:
+            raise ValidationError("customer_id", "must be a non-empty string", customer_id)
+        check_text(customer_id, "customer_id")
     return _current.set(customer_id)
 
 
 def reset_current_customer(token: Token[str | None]) -> None:
-    _current.reset(token)
+    """Restore the customer that was current before ``set_current_customer`` returned ``token``."""
+    try:
+        _current.reset(token)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # Not a token, one from another context, or one already used.
+        raise ValidationError(
+            "token", f"must be an unused token from set_current_customer ({exc})", None
+        ) from None
 
 
 @contextmanager

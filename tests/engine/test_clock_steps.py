@@ -5,7 +5,6 @@ event whose wall time falls back into a closed window counts in the current one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,8 +18,8 @@ PLAN = Plan("tokens", credits={"ai_tokens": 100})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def engine_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    yield request.getfixturevalue(f"{request.param}_url")
+def engine_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 def client(url: str, clock: ManualClock) -> Metering:
@@ -34,7 +33,7 @@ def test_a_wall_clock_step_forward_does_not_expire_a_hold(engine_url: str) -> No
     c = client(engine_url, clock)
     first = c.reserve("c1", "ai_tokens", 60, ttl=300)
     clock.step(400)  # the wall clock jumps past the hold's TTL; no time has passed
-    with pytest.raises(UsageLimitExceeded) as refused:
+    with pytest.raises(UsageLimitExceeded):
         c.reserve("c1", "ai_tokens", 60, ttl=300)
     assert c.check_limit("c1", "ai_tokens").remaining == 40
     clock.advance(301)  # now the TTL has really passed

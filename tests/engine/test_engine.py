@@ -67,25 +67,60 @@ def test_backdated_event_counts_in_the_window_it_arrives_in(client: Metering, cl
     assert client.check_limit("c2", "api_requests").current == 1
 
 
-def test_subscribe_resets_earlier_usage(client: Metering, clock: ManualClock) -> None:
-    """Starting a subscription starts a new window: usage ingested before it does not count (§4.3)."""
-    for _ in range(4):
+def test_subscribe_keeps_earlier_usage_and_adds_credit(client: Metering, clock: ManualClock) -> None:
+    """Subscribing to a plan of credits resets nothing: Polar's reset_meters only resets meters with
+    a metered price, and a credit benefit adds credit (subscription/service.py at c6c3645). 5 events,
+    a 10-unit plan, 2 events: consumed 7, credited 10, balance 3 (issue 13, row 1)."""
+    for _ in range(5):
         client.track_api_request("c3", "/x")
     clock.advance(hours=1)
     client.subscribe("c3", "free")
-    assert client.check_limit("c3", "api_requests").current == 0
-    client.track_api_request("c3", "/x")
-    assert client.check_limit("c3", "api_requests").current == 1
+    for _ in range(2):
+        client.track_api_request("c3", "/x")
+    status = client.check_limit("c3", "api_requests")
+    assert (status.current, status.limit, status.balance) == (7, 10, 3)
+    assert status.period_start == clock.now()  # the billing period is the subscription's
+    clock.advance(days=31)  # the renewal starts a new window with the plan's credits
+    status = client.check_limit("c3", "api_requests")
+    assert (status.current, status.limit) == (0, 10)
 
 
-def test_backdated_subscription_counts_usage_since_its_start(client: Metering, clock: ManualClock) -> None:
-    """A subscription started in the past counts the usage ingested since then."""
+def test_subscribe_keeps_earlier_grants(sqlite_url: str, clock: ManualClock) -> None:
+    """Credit granted before subscribing stays: the plan's grant is added to the running sum."""
+    with Metering(sqlite_url, plans=PLANS, clock=clock) as client:
+        engine = client.backend
+        assert isinstance(engine, LocalEngine)
+        meter_id = engine._meter_id("api_requests").id
+        engine.grant_credits("c3b", meter_id, 50)
+        client.track_api_request("c3b", "/x")
+        client.subscribe("c3b", "free")
+        status = client.check_limit("c3b", "api_requests")
+        assert (status.current, status.limit) == (1, 60)
+
+
+def test_backdated_subscription_keeps_usage_in_its_first_period(client: Metering, clock: ManualClock) -> None:
+    """A subscription started in the past, still in its first period, resets nothing either."""
     for _ in range(3):
         client.track_api_request("c4", "/x")
     clock.advance(days=2)
     client.track_api_request("c4", "/x")
     client.subscribe("c4", "free", started_at=clock.now() - timedelta(days=1))
-    assert client.check_limit("c4", "api_requests").current == 1
+    assert client.check_limit("c4", "api_requests").current == 4
+
+
+def test_subscription_renewed_since_its_start_counts_from_the_renewal(
+    client: Metering, clock: ManualClock
+) -> None:
+    """Started two months ago, a subscription has renewed since; each renewal reset the credited
+    meters (Polar's benefit cycle), so only usage since the latest renewal counts."""
+    clock.advance(days=10)
+    client.track_api_request("c4b", "/x")  # Jan 25
+    clock.advance(days=20)
+    client.track_api_request("c4b", "/x")  # Feb 14
+    client.subscribe("c4b", "free", started_at=datetime(2025, 12, 1, tzinfo=UTC))
+    status = client.check_limit("c4b", "api_requests")
+    assert status.period_start == datetime(2026, 2, 1, tzinfo=UTC)
+    assert (status.current, status.limit) == (1, 10)
 
 
 def test_rollover_carries_unused_credit(client: Metering, clock: ManualClock) -> None:

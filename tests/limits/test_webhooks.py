@@ -4,6 +4,7 @@ polar-sdk's validate_event, invalidating cached readings; the ASGI and WSGI endp
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import socket
 import threading
@@ -15,6 +16,8 @@ import httpx
 import pytest
 import uvicorn
 from limits_helpers import CATALOG, METERS, ScriptedPolar, sign, state_changed, subscription_updated
+from polar.v2026_10.webhooks import PolarWebhookError
+from polar.v2026_10.webhooks import validate_event as sdk_validate_event
 
 from polar_metering import ManualClock, ValidationError
 from polar_metering._limits import Limits
@@ -118,17 +121,90 @@ def test_repeats_of_a_webhook_id_are_handled_once(limits: Limits, polar: Scripte
 
 
 def test_unknown_types_are_accepted_and_bad_payloads_refused(limits: Limits) -> None:
-    """A validly signed type this SDK does not know answers 202; signed garbage answers 400; other
-    known types answer 200 without refreshing anything."""
+    """A validly signed type this library does not act on answers 202, known or not; signed bytes
+    that are not a JSON event answer 400."""
     unknown = '{"type": "meter.exploded", "timestamp": "2026-01-01T00:00:00Z", "data": {}}'
     result = handle_webhook(unknown, sign(unknown, SECRET), SECRET, limits, seen=SeenWebhooks())
     assert (result.status, result.event_type) == (202, "meter.exploded")
-    garbage = "{not json"
-    assert handle_webhook(garbage, sign(garbage, SECRET), SECRET, limits, seen=SeenWebhooks()).status == 400
-    shapeless = '{"type": "customer.state_changed", "data": {"id": 1}}'
-    assert (
-        handle_webhook(shapeless, sign(shapeless, SECRET), SECRET, limits, seen=SeenWebhooks()).status == 400
+    created = json.dumps({"type": "customer.created", "data": {"external_id": "u1"}})
+    assert handle_webhook(created, sign(created, SECRET), SECRET, limits, seen=SeenWebhooks()).status == 202
+    for garbage in ("{not json", "[1, 2]", '{"data": {}}', '{"type": 7}'):
+        assert (
+            handle_webhook(garbage, sign(garbage, SECRET), SECRET, limits, seen=SeenWebhooks()).status == 400
+        )
+
+
+def _server_shaped(event: str) -> str:
+    """What Polar's server at c6c3645 sends where the SDK's v2026_10 models expect more: no
+    ``api_version``, a product without ``is_deletable``, a status outside the SDK's literal."""
+    payload = json.loads(event)
+    del payload["api_version"]
+    data = payload["data"]
+    if "product" in data:
+        del data["product"]["is_deletable"]
+        data["status"] = "awaiting_first_payment"
+    return json.dumps(payload)
+
+
+@pytest.mark.parametrize("kind", ["state", "subscription", "grant-missing-fields"])
+def test_server_shaped_payloads_the_sdk_cannot_parse_still_refresh(
+    kind: str, limits: Limits, polar: ScriptedPolar
+) -> None:
+    """Schema drift: once the signature verifies, a payload the SDK's typed models refuse is read
+    as JSON for its type and customer, acted on (200), and its replay is a repeat."""
+    if kind == "state":
+        body = _server_shaped(state_changed("u1"))
+    elif kind == "subscription":
+        body = _server_shaped(subscription_updated("u1"))
+    else:
+        body = json.dumps({"type": "benefit_grant.created", "data": {"customer": {"external_id": "u1"}}})
+    headers = sign(body, SECRET)
+    with pytest.raises(PolarWebhookError):  # the unmodified SDK refuses it
+        sdk_validate_event(body, headers, SECRET)
+    _warm(limits, polar, "u1", "u2")
+    seen = SeenWebhooks()
+    result = handle_webhook(body, headers, SECRET, limits, seen=seen)
+    assert (result.status, result.customer, result.invalidated) == (200, "u1", len(METERS))
+    assert limits.peek("u1", API) is None
+    assert limits.peek("u2", API) is not None
+    _warm(limits, polar, "u1")
+    replay = handle_webhook(body, headers, SECRET, limits, seen=seen)
+    assert (replay.status, replay.duplicate, replay.invalidated) == (200, True, 0)
+    assert limits.peek("u1", API) is not None
+
+
+def test_an_event_naming_only_a_polar_customer_id_refreshes_everyone(
+    limits: Limits, polar: ScriptedPolar
+) -> None:
+    """Without the embedded customer there is no external id to pick: every cached reading goes."""
+    _warm(limits, polar, "u1", "u2")
+    body = json.dumps(
+        {"type": "subscription.updated", "data": {"customer_id": "4b2c1c1e-0000-4000-8000-000000000000"}}
     )
+    result = handle_webhook(body, sign(body, SECRET), SECRET, limits, seen=SeenWebhooks())
+    assert (result.status, result.customer, result.invalidated) == (200, None, 2 * len(METERS))
+
+
+def test_a_customer_without_external_id_refreshes_nothing(limits: Limits, polar: ScriptedPolar) -> None:
+    _warm(limits, polar, "u1")
+    body = _server_shaped(state_changed(None))
+    result = handle_webhook(body, sign(body, SECRET), SECRET, limits, seen=SeenWebhooks())
+    assert (result.status, result.invalidated) == (200, 0)
+    assert limits.peek("u1", API) is not None
+
+
+def test_an_unverified_delivery_is_not_remembered(limits: Limits) -> None:
+    """Only a verified signature puts a webhook-id in the memory: a forged body (undecodable bytes
+    included) carrying a real delivery's id cannot make that delivery look like a repeat."""
+    seen = SeenWebhooks()
+    body = state_changed("u1")
+    headers = sign(body, SECRET)
+    forged = dict(headers, **{"webhook-signature": sign(body, "not-the-secret")["webhook-signature"]})
+    assert handle_webhook(b"\xff\xfe", forged, SECRET, limits, seen=seen).status == 400
+    assert handle_webhook(body, forged, SECRET, limits, seen=seen).status == 403
+    assert headers["webhook-id"] not in seen
+    result = handle_webhook(body, headers, SECRET, limits, seen=seen)
+    assert (result.status, result.duplicate) == (200, False)
 
 
 def test_arguments_are_validated(limits: Limits) -> None:

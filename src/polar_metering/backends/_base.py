@@ -64,10 +64,18 @@ class BackendURL:
 
 def parse_backend_url(url: str) -> BackendURL:
     if not isinstance(url, str) or "://" not in url:
+        from polar_metering._events import describe
+
         raise ConfigurationError(
-            f"url: must look like 'sqlite:///metering.db', 'postgresql://host/db' or 'polar://', got {url!r}"
+            "url: must look like 'sqlite:///metering.db', 'postgresql://host/db' or 'polar://', "
+            f"got {describe(url, 60)}"
         )
-    parts = urlsplit(url)
+    if "\x00" in url:
+        raise ConfigurationError("url: must not contain NUL characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ConfigurationError(f"url: cannot be parsed ({exc})") from None
     scheme, _, driver = parts.scheme.partition("+")
     try:
         port = parts.port

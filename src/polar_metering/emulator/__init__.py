@@ -10,8 +10,10 @@
         polar.events.ingest(events=[{"name": "api.request", "external_customer_id": "user_1"}])
 
 It serves Polar's events, meters, customer meters and customer-state routes under ``/v1`` with
-Polar's validation and error bodies, plus admin routes under ``/__emulator__/``. See
-``docs/emulator.md``. Needs the ``emulator`` extra (starlette, uvicorn, pydantic).
+Polar's validation and error bodies, Polar's quirks included (``polar_quirks=False`` turns off the
+two bug-like ones), runs Polar's billing pass, sends signed webhooks with ``webhook_url``, and has
+admin routes under ``/__emulator__/``. See ``docs/emulator.md``. Needs the ``emulator`` extra
+(starlette, uvicorn, pydantic).
 """
 
 from polar_metering.emulator._app import DEFAULT_ORGANIZATION_ID, create_app

@@ -62,12 +62,21 @@ def emulator_command(
     organization_id: str | None = None,
     announce: bool = True,
     log_level: str = "warning",
+    polar_quirks: bool = True,
+    billing_interval: float | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    webhook_backoff: float = 2.0,
 ) -> None:
-    """Serve the emulator until interrupted (``polar-metering emulator``)."""
+    """Serve the emulator until interrupted (``polar-metering emulator``). ``webhook_secret``
+    defaults to ``POLAR_EMULATOR_WEBHOOK_SECRET``; ``billing_interval`` None is Polar's 15 minutes."""
     from polar_metering._catalog import load_catalog
-    from polar_metering.emulator._server import serve
+    from polar_metering.emulator._billing import DEFAULT_BILLING_INTERVAL
+    from polar_metering.emulator._server import WEBHOOK_SECRET_ENV, serve
 
     resolved = resolve_token(token)
+    if webhook_secret is None and webhook_url is not None:
+        webhook_secret = os.environ.get(WEBHOOK_SECRET_ENV) or None
     serve(
         db,
         host=host,
@@ -79,6 +88,11 @@ def emulator_command(
         catalog=load_catalog(catalog) if catalog is not None else None,
         log_level=log_level,
         announce=announce,
+        polar_quirks=polar_quirks,
+        billing_interval=DEFAULT_BILLING_INTERVAL if billing_interval is None else billing_interval,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_backoff=webhook_backoff,
     )
 
 
@@ -169,6 +183,28 @@ class AdminClient:
             body["external_customer_id" if by_external_id else "customer_id"] = customer
         return dict(self._post("settle", body))
 
+    def billing(self) -> dict[str, Any]:
+        """Run Polar's billing pass now (``last_billed_event`` moves; billed meters freeze)."""
+        return dict(self._post("billing"))
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The webhook deliveries the emulator made or still tries."""
+        import httpx
+
+        try:
+            response = httpx.get(
+                f"{self.url}/__emulator__/webhooks",
+                headers={"Authorization": f"Bearer {self._token}"},
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(
+                redact(f"emulator at {self.url} unreachable: {exc}", self._token)
+            ) from None
+        if response.status_code in (401, 403):
+            raise AuthenticationError("emulator rejected the token", status_code=response.status_code)
+        return list(response.json()["deliveries"])
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -190,6 +226,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", default=None, help="metering.toml path or module:attribute")
     parser.add_argument("--organization-id", default=None, help="organization UUID objects report")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    parser.add_argument(
+        "--no-polar-quirks",
+        dest="polar_quirks",
+        action="store_false",
+        help="do not play Polar's two customer-meter quirks (credits in catch-all meters, dotted properties)",
+    )
+    parser.add_argument(
+        "--billing-interval",
+        type=float,
+        default=None,
+        help="seconds between Polar's billing passes, which freeze billed meters "
+        "(default 900; 0: only on demand)",
+    )
+    parser.add_argument("--webhook-url", default=None, help="send Polar's webhooks to this URL")
+    parser.add_argument(
+        "--webhook-secret",
+        default=None,
+        help="secret to sign webhooks with (prefer POLAR_EMULATOR_WEBHOOK_SECRET)",
+    )
+    parser.add_argument(
+        "--webhook-backoff",
+        type=float,
+        default=2.0,
+        help="first retry delay in seconds, doubled per attempt as Polar does (default 2)",
+    )
     return parser
 
 
@@ -207,9 +268,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             catalog=args.catalog,
             organization_id=args.organization_id,
             log_level=args.log_level,
+            polar_quirks=args.polar_quirks,
+            billing_interval=args.billing_interval,
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
+            webhook_backoff=args.webhook_backoff,
         )
     except MeteringError as exc:
-        print(f"error: {redact(str(exc), args.token)}", file=sys.stderr)
+        message = redact(str(exc), args.token)
+        if args.webhook_secret:
+            message = redact(message, args.webhook_secret)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -1,4 +1,5 @@
-"""What Polar checks before any route runs: rate limit, body size, bearer token (§1.1, §5.1, §5.2).
+"""What Polar checks before any route runs: body size, rate limit, bearer token
+(``server/polar/middlewares.py``, ``server/polar/app.py`` at c6c3645).
 
 One ASGI middleware, so every route (admin ones included) shares the same rules. Tokens are compared
 in constant time and never logged; rate-limit buckets are keyed by a hash of the token.
@@ -18,9 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["HEALTH_PATH", "MAX_BODY_BYTES", "Gate", "RateLimiter", "Secret"]
 
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API_MAX_REQUEST_BODY_SIZE (§1.1)
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API_MAX_REQUEST_BODY_SIZE (server/polar/config.py)
 HEALTH_PATH = "/__emulator__/health"
-_WINDOW_SECONDS = 60  # a minute rule: Retry-After is the whole window, not the time left (§5.1)
+_WINDOW_SECONDS = 60  # a minute rule: Retry-After is the whole window, not the time left
 _INVALID_TOKEN = "The access token provided is expired, revoked, malformed, or invalid for other reasons."
 
 
@@ -40,7 +41,7 @@ class Secret:
 
 
 class RateLimiter:
-    """Fixed windows of 60 s per key, each starting at the key's first request (§5.1)."""
+    """Fixed windows of 60 s per key, each starting at the key's first request."""
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute < 1:
@@ -62,8 +63,7 @@ class RateLimiter:
 
 
 async def _drain(receive: Receive) -> None:
-    # Read (and drop) the oversized body so a client still sending it gets the 413 instead of a
-    # reset connection; past a bound, stop and let the server close the connection.
+    # Past a bound, stop and let the server close the connection.
     seen = 0
     while seen <= 4 * MAX_BODY_BYTES:
         message = await receive()
@@ -75,7 +75,7 @@ async def _drain(receive: Receive) -> None:
 
 
 class Gate:
-    """Rate limit (``/v1`` only, like Polar's catch-all zone), then 411/413, then the bearer token."""
+    """411/413, then the rate limit (``/v1`` only, like Polar's catch-all zone), then the bearer token."""
 
     def __init__(self, app: ASGIApp, *, token: Secret, rate_limiter: RateLimiter | None = None) -> None:
         self.app = app
@@ -93,17 +93,17 @@ class Gate:
         if response is None:
             await self.app(scope, receive, send)
             return
-        if response.status_code == 413:
-            await _drain(receive)
         await response(scope, receive, send)
+        if response.status_code == 413:
+            # Answered at once, as Polar does; then the rest of the body is read and dropped, so a
+            # client still sending it reads the 413 instead of a reset connection.
+            await _drain(receive)
 
     def _check(self, scope: Scope) -> Response | None:
         headers = Headers(scope=scope)
         authorization = headers.get("authorization", "")
-        if self._limiter is not None and scope["path"].startswith("/v1"):
-            key = hashlib.sha256(authorization.encode()).hexdigest()
-            if not self._limiter.allow(key):
-                return Response(status_code=429, headers={"Retry-After": str(_WINDOW_SECONDS)})
+        # Polar's MaxBodySizeMiddleware sits outside its rate limiter (server/polar/app.py,
+        # server/polar/middlewares.py at c6c3645), so 411/413 come first.
         if scope["method"] in ("POST", "PUT", "PATCH"):
             length = headers.get("content-length")
             if length is None:
@@ -116,10 +116,16 @@ class Gate:
                 return JSONResponse(
                     {
                         "error": "RequestBodyTooLarge",
-                        "detail": f"Request body is too large. The maximum is {MAX_BODY_BYTES} bytes.",
+                        "detail": (
+                            f"Request body exceeded the maximum allowed size of {MAX_BODY_BYTES} bytes."
+                        ),
                     },
                     413,
                 )
+        if self._limiter is not None and scope["path"].startswith("/v1"):
+            key = hashlib.sha256(authorization.encode()).hexdigest()
+            if not self._limiter.allow(key):
+                return Response(status_code=429, headers={"Retry-After": str(_WINDOW_SECONDS)})
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return JSONResponse(

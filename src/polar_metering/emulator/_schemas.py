@@ -1,25 +1,27 @@
-"""Polar's request shapes, validated the way Polar's server validates them (pydantic, as Polar uses).
+"""Polar's request bodies, restated so pydantic reports failures exactly as Polar's server does.
 
-Polar answers a malformed request with 422 and a list of pydantic errors, each located with a path
-such as ``["body", "events", 0, "EventCreateExternalCustomer", "timestamp"]`` (§1.2, §1.5). The
-models below restate Polar's schemas so pydantic produces the same ``type``/``loc``/``msg`` triples;
-the helpers turn them into the JSON body Polar sends.
+The class names, field order, unions and enums follow Polar's own schemas at c6c3645
+(``server/polar/event/schemas.py``, ``server/polar/meter/schemas.py``, ``meter/aggregation.py``,
+``meter/filter.py``, ``customer/schemas/customer.py``): pydantic names union branches after the
+classes (``["body", "events", 0, "EventCreateExternalCustomer", "timestamp"]``) and lists a bad
+aggregation's expected tags as the enum members (``<AggregationFunction.cnt: 'count'>, ...``).
 
-Two error families exist (§1.5): ``RequestValidationError`` for schema failures and
-``PolarRequestValidationError`` for checks the service runs afterwards (unknown customer,
-``organization_id`` with an organization token, a locked meter, ...).
+Polar's ``Schema`` base (``server/polar/kit/schemas.py``) refuses a NUL character anywhere in a
+field's value with one error at that field, ``Value error, This value contains invalid
+characters``. :class:`PolarSchema` does the same and, so that nothing unstorable reaches the
+database, also refuses lone surrogates (``string_unicode``) and non-finite numbers
+(``finite_number``), which Polar's server accepts and then fails to store.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired, TypeAlias
-from uuid import UUID
 
 from annotated_types import Ge, Le, MaxLen
 from pydantic import (
@@ -27,165 +29,174 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     StringConstraints,
     Tag,
     TypeAdapter,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from polar_metering._catalog import MAX_FILTER_DEPTH
+from polar_metering.emulator._errors import RequestRejected, detail_from_pydantic, error_item
+
 __all__ = [
-    "ORGANIZATION_TOKEN_MSG",
-    "AggregationIn",
     "CUSTOMER_CREATE",
-    "CustomerCreateIn",
+    "ORGANIZATION_TOKEN_MSG",
+    "AggregationFunction",
     "EventCreateCustomer",
     "EventCreateExternalCustomer",
     "EventsIngest",
     "Filter",
     "MeterCreate",
     "MeterUpdate",
-    "RequestRejected",
-    "decode_json_body",
-    "detail_from_pydantic",
-    "error_item",
+    "MetadataField",
+    "PolarSchema",
+    "TimeInterval",
+    "aggregation_json",
     "parse_body",
-    "query_bool",
-    "query_enum",
-    "query_int",
-    "query_timestamp",
-    "query_uuid",
-    "path_uuid",
 ]
 
 ORGANIZATION_TOKEN_MSG = "Setting organization_id is disallowed when using an organization token."
-NUL_MSG = "Value error, This value contains invalid characters."  # §1.2
-_METADATA_MAX_KEYS = 50  # §1.6, MetadataField (meters, customers)
+_NUL_MSG = "This value contains invalid characters"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+#: Bodies nesting deeper than this are refused before validation. Polar sets no bound; every body
+#: it defines is at most a few levels deep except a meter filter, whose every level is an object and
+#: a ``clauses`` list: the bound leaves room for the catalog's ``MAX_FILTER_DEPTH`` levels, and error
+#: reports echo nested inputs at every level.
+MAX_BODY_DEPTH = 2 * MAX_FILTER_DEPTH + 8
+_DEPTH_MSG = f"Value error, The body nests deeper than {MAX_BODY_DEPTH} levels."
+Int32 = Annotated[int, Ge(_INT32_MIN), Le(_INT32_MAX)]
 
 
-class RequestRejected(Exception):
-    """A request Polar would answer with a 422 (or another status): carries Polar's JSON body."""
+def _unstorable(value: Any) -> str | None:
+    """What in ``value`` cannot be stored, worst first: ``"nul"``, ``"surrogate"`` or ``"nonfinite"``."""
+    found: set[str] = set()
+    pending = [value]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if isinstance(current, str):
+            if "\x00" in current:
+                return "nul"
+            if "surrogate" not in found:
+                try:
+                    current.encode("utf-8")
+                except UnicodeEncodeError:
+                    found.add("surrogate")
+        elif isinstance(current, float):
+            if not math.isfinite(current):
+                found.add("nonfinite")
+        elif isinstance(current, BaseModel):
+            continue  # a nested model checks its own fields
+        elif id(current) in seen:
+            continue
+        elif isinstance(current, Mapping):
+            seen.add(id(current))
+            pending.extend(current.keys())
+            pending.extend(current.values())
+        elif isinstance(current, Collection) and not isinstance(current, bytes | bytearray):
+            seen.add(id(current))
+            pending.extend(current)
+    for kind in ("surrogate", "nonfinite"):
+        if kind in found:
+            return kind
+    return None
 
-    def __init__(
-        self, detail: list[dict[str, Any]], *, error: str = "RequestValidationError", status_code: int = 422
-    ) -> None:
-        self.detail = detail
-        self.error = error
-        self.status_code = status_code
-        super().__init__(f"{error}: {len(detail)} error(s)")
 
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
+class PolarSchema(BaseModel):
+    """Polar's ``Schema``: attributes readable (so a non-object body is ``model_attributes_type``)
+    and every field refused whole if it holds a NUL character."""
 
+    model_config = ConfigDict(from_attributes=True)
 
-def error_item(type_: str, loc: Sequence[str | int], msg: str, input_: Any = None) -> dict[str, Any]:
-    """One entry of Polar's 422 ``detail`` list."""
-    return {"type": type_, "loc": list(loc), "msg": msg, "input": input_}
-
-
-def _json_safe(value: Any) -> Any:
-    # FastAPI runs errors through jsonable_encoder: exceptions in ``ctx`` become ``{}``.
-    if isinstance(value, BaseException):
-        return {}
-    if value is None or isinstance(value, str | int | float | bool):
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = _unstorable(value)
+        if problem == "nul":
+            raise ValueError(_NUL_MSG)
+        if problem == "surrogate":
+            raise PydanticCustomError(
+                "string_unicode",
+                "Input should be a valid string, unable to parse raw data as a unicode string",
+            )
+        if problem == "nonfinite":
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
         return value
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def detail_from_pydantic(exc: PydanticValidationError, prefix: Sequence[str | int]) -> list[dict[str, Any]]:
-    """Polar's ``detail`` entries for a pydantic failure, each ``loc`` prefixed (``"body"``, ``"query"``)."""
-    out: list[dict[str, Any]] = []
-    for err in exc.errors(include_url=False):
-        item = error_item(err["type"], [*prefix, *err["loc"]], err["msg"], _json_safe(err.get("input")))
-        if "ctx" in err:
-            item["ctx"] = _json_safe(err["ctx"])
-        out.append(item)
-    return out
-
-
-def _nul_errors(value: Any, loc: list[str | int], out: list[dict[str, Any]]) -> None:
-    # §1.2: a NUL character anywhere, keys included, is refused (Postgres cannot store it).
-    if isinstance(value, str):
-        if "\x00" in value:
-            out.append(error_item("value_error", loc, NUL_MSG, value))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                out.append(error_item("value_error", [*loc, key], NUL_MSG, key))
-            _nul_errors(item, [*loc, key], out)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _nul_errors(item, [*loc, i], out)
-
-
-def decode_json_body(raw: bytes) -> Any:
-    """The decoded body, or the 422 FastAPI gives for a missing or malformed JSON body."""
-    if not raw.strip():
-        raise RequestRejected([error_item("missing", ["body"], "Field required", None)])
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        pos = exc.pos if isinstance(exc, json.JSONDecodeError) else exc.start
-        item = error_item("json_invalid", ["body", pos], "JSON decode error", {})
-        item["ctx"] = {"error": str(exc.msg) if isinstance(exc, json.JSONDecodeError) else "Invalid UTF-8"}
-        raise RequestRejected([item]) from None
 
 
 def parse_body(
     model: type[BaseModel] | TypeAdapter[Any], data: Any, *, context: dict[str, Any] | None = None
 ) -> Any:
-    """Validate ``data`` against ``model``; every failure, NUL checks included, in one 422."""
-    nul: list[dict[str, Any]] = []
-    _nul_errors(data, ["body"], nul)
+    """Validate a decoded body (``_errors.decode_body``); a failure is Polar's 422."""
+    if data is None:  # no body, or JSON null: FastAPI reports the required body missing
+        raise RequestRejected([error_item("missing", ["body"], "Field required", None)])
+    if _depth(data) > MAX_BODY_DEPTH:
+        raise RequestRejected([error_item("value_error", ["body"], _DEPTH_MSG, None)])
     try:
         if isinstance(model, TypeAdapter):
-            result = model.validate_python(data, context=context)
-        else:
-            result = model.model_validate(data, context=context)
+            return model.validate_python(data, context=context)
+        return model.model_validate(data, context=context)
     except PydanticValidationError as exc:
-        raise RequestRejected(nul + detail_from_pydantic(exc, ["body"])) from None
-    if nul:
-        raise RequestRejected(nul)
-    return result
+        raise RequestRejected(detail_from_pydantic(exc, ["body"])) from None
 
 
-# --- events (§1.2, §1.6) -------------------------------------------------------------------------
+def _depth(value: Any) -> int:
+    """How deeply ``value`` (decoded JSON) nests, counted without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        current, level = pending.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_BODY_DEPTH:
+            return deepest
+        pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+# --- events (server/polar/event/schemas.py) ---------------------------------------------------
 
 
 def _not_in_future(value: datetime, info: ValidationInfo) -> datetime:
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("Timestamp must be between 0001-01-01 and 9999-12-31 in UTC.") from None
     now = (info.context or {}).get("now") or datetime.now(UTC)
     if value > now:
         raise ValueError("Timestamp must be in the past.")
     return value
 
 
+# server/polar/kit/metadata.py: keys of 1-40 characters, strings of 1-500, at most 50 keys.
 MetadataString = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 MetadataValue: TypeAlias = MetadataString | int | float | bool
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+MetadataField = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=50)]
 
 
 class CostMetadata(TypedDict):
-    """``_cost``: an amount in cents (Decimal(17, 12)) and a currency matching ``usd`` (§1.6)."""
+    """``_cost``: an amount in cents (a Decimal of 17 digits, 12 after the point) in ``usd``."""
 
     amount: Annotated[Decimal, Field(max_digits=17, decimal_places=12)]
-    currency: Annotated[str, StringConstraints(pattern="usd")]
+    currency: Annotated[str, Field(pattern="usd")]
 
 
 class LLMMetadata(TypedDict):
-    """``_llm``: token counts of one model call; unknown keys are dropped (§1.6)."""
+    """``_llm``: token counts of one model call; unknown keys are dropped."""
 
     vendor: str
     model: str
@@ -202,8 +213,8 @@ class EventMetadataInput(TypedDict, total=False, extra_items=MetadataValue):  # 
     _llm: LLMMetadata
 
 
-class _EventCreateBase(BaseModel):
-    # A ``None`` default (not validated) stands for "server now"; an explicit null still fails.
+class EventCreateBase(PolarSchema):
+    # A ``None`` default (not validated) stands for "server now", read from the engine's clock.
     timestamp: Annotated[AwareDatetime, AfterValidator(_not_in_future)] = Field(default=None)  # type: ignore[assignment]
     name: str = Field(max_length=128)
     organization_id: UUID4 | None = None
@@ -212,31 +223,49 @@ class _EventCreateBase(BaseModel):
     metadata: EventMetadataInput = Field(default_factory=lambda: EventMetadataInput())
 
 
-class EventCreateCustomer(_EventCreateBase):
-    """An event for a Polar customer UUID, which must exist (§1.5)."""
+class EventCreateCustomer(EventCreateBase):
+    """An event for a Polar customer UUID, which must exist."""
 
     customer_id: UUID4
     member_id: UUID4 | None = None
 
 
-class EventCreateExternalCustomer(_EventCreateBase):
-    """An event for your own customer id; any string, never checked (§1.2, §1.7)."""
+class EventCreateExternalCustomer(EventCreateBase):
+    """An event for your own customer id; any string, never checked."""
 
     external_customer_id: str
     external_member_id: str | None = None
 
 
-class EventsIngest(BaseModel):
-    """``POST /v1/events/ingest`` body. Unknown top-level fields are ignored, as Polar does."""
+class EventsIngest(PolarSchema):
+    """``POST /v1/events/ingest``. Unknown top-level fields are ignored, as Polar does."""
 
     events: list[EventCreateCustomer | EventCreateExternalCustomer]
 
 
-# --- meters (§2.2) -------------------------------------------------------------------------------
+# --- meters (server/polar/meter/) ---------------------------------------------------------------
 
 
 def _strip_metadata_prefix(value: str) -> str:
-    return value[len("metadata.") :] if value.startswith("metadata.") else value
+    return value.removeprefix("metadata.")
+
+
+class AggregationFunction(StrEnum):
+    # Polar's member names: ``count`` is taken, so it is ``cnt`` (it shows in error messages).
+    cnt = "count"
+    sum = "sum"
+    max = "max"
+    min = "min"
+    avg = "avg"
+    unique = "unique"
+
+
+class TimeInterval(StrEnum):
+    year = "year"
+    month = "month"
+    week = "week"
+    day = "day"
+    hour = "hour"
 
 
 class FilterOperator(StrEnum):
@@ -261,14 +290,18 @@ class MeterUnit(StrEnum):
     custom = "custom"
 
 
-class FilterClause(BaseModel):
+class FilterClause(PolarSchema):
     property: Annotated[str, AfterValidator(_strip_metadata_prefix)]
     operator: FilterOperator
-    # §2.2: at most 1000 characters, a signed 32-bit integer, or a boolean.
-    value: Annotated[str, MaxLen(1000)] | Annotated[int, Ge(_INT32_MIN), Le(_INT32_MAX)] | bool
+    # At most 1000 characters, a signed 32-bit integer, or a boolean.
+    value: Annotated[str, MaxLen(1000)] | Int32 | bool
 
 
-class Filter(BaseModel):
+# Filters nest; past the catalog's MAX_FILTER_DEPTH the emulator refuses them, as the engine's own
+# catalog does (Polar sets no bound, but the engine evaluates filters recursively).
+
+
+class Filter(PolarSchema):
     conjunction: FilterConjunction
     clauses: list[FilterClause | Filter]
 
@@ -283,88 +316,96 @@ class Filter(BaseModel):
             ],
         }
 
+    def depth(self) -> int:
+        return 1 + max((c.depth() for c in self.clauses if isinstance(c, Filter)), default=0)
 
-class CountAggregationIn(BaseModel):
-    func: Literal["count"] = "count"
+
+class CountAggregation(BaseModel):
+    func: Literal[AggregationFunction.cnt] = AggregationFunction.cnt
 
 
-class PropertyAggregationIn(BaseModel):
-    func: Literal["sum", "max", "min", "avg"]
+class PropertyAggregation(BaseModel):
+    func: Literal[
+        AggregationFunction.sum, AggregationFunction.max, AggregationFunction.min, AggregationFunction.avg
+    ]
     property: Annotated[str, AfterValidator(_strip_metadata_prefix)]
 
 
-class UniqueAggregationIn(BaseModel):
-    func: Literal["unique"] = "unique"
+class UniqueAggregation(BaseModel):
+    func: Literal[AggregationFunction.unique] = AggregationFunction.unique
     property: Annotated[str, AfterValidator(_strip_metadata_prefix)]
 
 
-# §2.2: a union discriminated on ``func``, so a missing func is ``union_tag_not_found``.
-AggregationIn = Annotated[
-    CountAggregationIn | PropertyAggregationIn | UniqueAggregationIn, Discriminator("func")
-]
-
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
-MetadataField = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=_METADATA_MAX_KEYS)]
+# A union discriminated on ``func``: a missing func is ``union_tag_not_found``, an unknown one
+# ``union_tag_invalid`` listing the enum members.
+Aggregation = Annotated[CountAggregation | PropertyAggregation | UniqueAggregation, Discriminator("func")]
 
 
-def _check_custom_unit(unit: MeterUnit | None, label: str | None) -> None:
-    if unit is MeterUnit.custom and not label:
-        raise ValueError("custom_label is required when unit is 'custom'.")
-    if unit is not None and unit is not MeterUnit.custom and label:
-        raise ValueError("custom_label can only be set when unit is 'custom'.")
+def aggregation_json(agg: CountAggregation | PropertyAggregation | UniqueAggregation) -> dict[str, Any]:
+    return agg.model_dump(mode="json")
 
 
-class MeterCreate(BaseModel):
+def _check_filter(value: Filter | None) -> Filter | None:
+    if value is not None and value.depth() > MAX_FILTER_DEPTH:
+        raise ValueError(f"Filters may nest at most {MAX_FILTER_DEPTH} levels deep.")
+    return value
+
+
+class MeterCreate(PolarSchema):
     """``POST /v1/meters/`` body."""
 
     metadata: MetadataField = Field(default_factory=dict)
     name: str = Field(min_length=3)
     unit: MeterUnit = MeterUnit.scalar
     custom_label: str | None = None
-    custom_multiplier: Annotated[int, Field(gt=0)] | None = None
-    filter: Filter
-    aggregation: AggregationIn
+    # Polar stores an int32; larger values fail in its database.
+    custom_multiplier: Annotated[int, Field(gt=0, le=_INT32_MAX)] | None = None
+    filter: Annotated[Filter, AfterValidator(_check_filter)]
+    aggregation: Aggregation
     organization_id: UUID4 | None = None
 
     @model_validator(mode="after")
     def _custom_unit(self) -> MeterCreate:
-        _check_custom_unit(self.unit, self.custom_label)
+        if self.unit == MeterUnit.custom:
+            if self.custom_label is None:
+                raise ValueError("custom_label is required when unit is 'custom'.")
+        elif self.custom_label is not None:
+            raise ValueError("custom_label and custom_multiplier are only allowed when unit is 'custom'.")
         return self
 
 
-class MeterUpdate(BaseModel):
-    """``PATCH /v1/meters/{id}`` body: every field optional."""
+class MeterUpdate(PolarSchema):
+    """``PATCH /v1/meters/{id}`` body: every field optional (Polar checks no unit rule here);
+    ``metadata`` comes from Polar's ``MetadataInputMixin``, so ``null`` is refused."""
 
-    metadata: MetadataField | None = None
+    metadata: MetadataField = Field(default_factory=dict)
     name: str | None = Field(default=None, min_length=3)
     unit: MeterUnit | None = None
     custom_label: str | None = None
-    custom_multiplier: Annotated[int, Field(gt=0)] | None = None
-    filter: Filter | None = None
-    aggregation: AggregationIn | None = None
+    custom_multiplier: Annotated[int, Field(gt=0, le=_INT32_MAX)] | None = None
+    filter: Annotated[Filter, AfterValidator(_check_filter)] | None = None
+    aggregation: Aggregation | None = None
     is_archived: bool | None = None
 
-    @model_validator(mode="after")
-    def _custom_unit(self) -> MeterUpdate:
-        _check_custom_unit(self.unit, self.custom_label)
-        return self
 
+# --- customers ---------------------------------------------------------------------------------
 
-# --- customers -----------------------------------------------------------------------------------
+_EMAIL_MSG = "value is not a valid email address: The email address is not valid."
+
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _email(value: str) -> str:
     if not _EMAIL.match(value):
-        raise ValueError("value is not a valid email address: The email address is not valid.")
+        raise ValueError(_EMAIL_MSG)
     return value
 
 
 Email = Annotated[str, AfterValidator(_email)]
 
 
-class _CustomerCreateBase(BaseModel):
+class _CustomerCreateBase(PolarSchema):
     metadata: MetadataField = Field(default_factory=dict)
     external_id: str | None = None
     name: str | None = None
@@ -394,84 +435,4 @@ CustomerCreateIn = Annotated[
     Annotated[CustomerIndividualCreate, Tag("individual")] | Annotated[CustomerTeamCreate, Tag("team")],
     Discriminator(_customer_tag),
 ]
-
-
 CUSTOMER_CREATE: TypeAdapter[CustomerIndividualCreate | CustomerTeamCreate] = TypeAdapter(CustomerCreateIn)
-
-
-# --- query and path parameters -------------------------------------------------------------------
-
-_INT = TypeAdapter(int)
-_BOOL = TypeAdapter(bool)
-_AWARE = TypeAdapter(AwareDatetime)
-# Path and filter ids: Polar's are UUID4, but the engine derives some (customer meters) as UUID5.
-_UUID = TypeAdapter(UUID)
-
-
-def _adapt(adapter: TypeAdapter[Any], value: Any, loc: list[str | int]) -> Any:
-    try:
-        return adapter.validate_python(value)
-    except PydanticValidationError as exc:
-        raise RequestRejected(detail_from_pydantic(exc, loc)) from None
-
-
-def query_int(params: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
-    """An integer query parameter greater than ``minimum - 1`` (Polar's ``gt=0`` on page/limit)."""
-    raw = params.get(name)
-    if raw is None:
-        return default
-    value: int = _adapt(_INT, raw, ["query", name])
-    if value < minimum:
-        item = error_item("greater_than", ["query", name], f"Input should be greater than {minimum - 1}", raw)
-        item["ctx"] = {"gt": minimum - 1}
-        raise RequestRejected([item])
-    return value
-
-
-def query_bool(raw: str, name: str) -> bool:
-    """A boolean query parameter (``true``/``false``, ``1``/``0``...), as FastAPI parses it."""
-    value: bool = _adapt(_BOOL, raw, ["query", name])
-    return value
-
-
-def query_timestamp(params: Mapping[str, str], name: str, *, required: bool) -> datetime | None:
-    raw = params.get(name)
-    if raw is None:
-        if required:
-            raise RequestRejected([error_item("missing", ["query", name], "Field required", None)])
-        return None
-    value: datetime = _adapt(_AWARE, raw, ["query", name])
-    return value.astimezone(UTC)
-
-
-def query_enum(values: Sequence[str], name: str, allowed: Sequence[str], *, index: bool = False) -> list[str]:
-    """Check each value is one of ``allowed``; the error reads like pydantic's enum error."""
-    expected = (
-        ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
-        if len(allowed) > 1
-        else repr(allowed[0])
-    )
-    errors = []
-    for i, value in enumerate(values):
-        if value not in allowed:
-            loc: list[str | int] = ["query", name, i] if index else ["query", name]
-            item = error_item("enum", loc, f"Input should be {expected}", value)
-            item["ctx"] = {"expected": expected}
-            errors.append(item)
-    if errors:
-        raise RequestRejected(errors)
-    return list(values)
-
-
-def query_uuid(values: Sequence[str], name: str) -> list[str]:
-    """Repeatable UUID filters (``customer_id``, ``meter_id``...), canonical lowercase strings."""
-    out = []
-    for i, value in enumerate(values):
-        loc: list[str | int] = ["query", name, i] if len(values) > 1 else ["query", name]
-        out.append(str(_adapt(_UUID, value, loc)))
-    return out
-
-
-def path_uuid(value: str, name: str = "id") -> str:
-    """A UUID path parameter (``/v1/meters/{id}``); Polar answers 422 at ``["path", name]`` otherwise."""
-    return str(_adapt(_UUID, value, ["path", name]))

@@ -1,7 +1,7 @@
 """Engine records as Polar's JSON, shaped so ``polar-sdk``'s output dataclasses load them exactly.
 
 Polar's timestamps are ISO-8601 in UTC with a ``Z``; ids are canonical lowercase UUID strings; list
-endpoints wrap items in ``{items, pagination: {total_count, max_page}}`` (§3.1).
+endpoints wrap items in ``{items, pagination: {total_count, max_page}}`` (``server/polar/kit/pagination.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "state_meter_json",
 ]
 
-# §7: the labels Polar gives its own metering events.
+# The labels Polar gives its own metering events (server/polar/event/system.py).
 _SYSTEM_LABELS = {"meter.credited": "Meter Credited", "meter.reset": "Meter Reset"}
 
 
@@ -52,12 +52,12 @@ def _number(value: float) -> float:
 
 
 def _whole(value: float) -> int:
-    # Polar's credited_units and credit-event units are integers (int32 in the benefit, §4.2).
+    # Polar's credited_units and credit-event units are integers (int32 in the meter-credit benefit).
     return round(value) if math.isfinite(value) else 0
 
 
 def list_json(items: list[dict[str, Any]], total: int, limit: int) -> dict[str, Any]:
-    """Polar's list envelope; ``max_page`` is ``ceil(total / limit)``, 0 when empty (§3.1)."""
+    """Polar's list envelope; ``max_page`` is ``ceil(total / limit)``, 0 when empty."""
     return {"items": items, "pagination": {"total_count": total, "max_page": math.ceil(total / limit)}}
 
 
@@ -103,7 +103,7 @@ def _aggregation_json(agg: Aggregation) -> dict[str, Any]:
 
 
 def meter_json(meter: MeterRecord, org_id: str) -> dict[str, Any]:
-    """A ``Meter`` (§2.2); property names are returned without the ``metadata.`` prefix."""
+    """A ``Meter`` (``meter/schemas.py``); property names are returned without the ``metadata.`` prefix."""
     return {
         "metadata": dict(meter.metadata),
         "created_at": iso(meter.created_at),
@@ -145,7 +145,7 @@ def event_json(event: StoredEvent, org_id: str, customer: CustomerRecord | None)
     """A ``UserEvent`` or a metering ``SystemEvent``.
 
     ``customer`` is resolved at read time: an external-customer event shows its customer once one
-    with that ``external_id`` exists, while ``customer_id`` stays null (§1.7).
+    with that ``external_id`` exists, while ``customer_id`` stays null.
     """
     system = event.source == "system"
     return {
@@ -167,7 +167,7 @@ def event_json(event: StoredEvent, org_id: str, customer: CustomerRecord | None)
 
 
 def customer_meter_json(record: CustomerMeterRecord, org_id: str) -> dict[str, Any]:
-    """A ``CustomerMeter`` with its full customer and meter (§3.1)."""
+    """A ``CustomerMeter`` with its full customer and meter (``server/polar/customer_meter/schemas.py``)."""
     return {
         "id": record.id,
         "created_at": iso(record.created_at),
@@ -183,7 +183,7 @@ def customer_meter_json(record: CustomerMeterRecord, org_id: str) -> dict[str, A
 
 
 def state_meter_json(record: CustomerMeterRecord) -> dict[str, Any]:
-    """A ``CustomerStateMeter`` (§3.4)."""
+    """A ``CustomerStateMeter`` (``server/polar/customer/schemas/state.py``)."""
     return {
         "id": record.id,
         "created_at": iso(record.created_at),
@@ -198,7 +198,7 @@ def state_meter_json(record: CustomerMeterRecord) -> dict[str, Any]:
 def customer_state_json(
     customer: CustomerRecord, meters: Iterable[CustomerMeterRecord], org_id: str
 ) -> dict[str, Any]:
-    """A ``CustomerState``: the customer plus ``active_meters``, ordered by ``created_at`` (§3.4).
+    """A ``CustomerState``: the customer plus ``active_meters``, ordered by ``created_at``.
 
     The emulator has no products, so ``active_subscriptions`` and ``granted_benefits`` are empty.
     """
@@ -212,7 +212,7 @@ def customer_state_json(
 
 
 def quantities_json(points: Sequence[tuple[datetime, float]], total: float) -> dict[str, Any]:
-    """``MeterQuantities`` (§2.6)."""
+    """``MeterQuantities`` (``server/polar/meter/schemas.py``)."""
     return {
         "quantities": [{"timestamp": iso(ts), "quantity": _number(q)} for ts, q in points],
         "total": _number(total),

@@ -29,11 +29,19 @@ if TYPE_CHECKING:
     from polar_metering._catalog import Catalog
     from polar_metering.backends._engine.backend import LocalEngine
 
-__all__ = ["READY_PREFIX", "EmulatorHandle", "emulator_thread", "running_emulator", "serve"]
+__all__ = [
+    "READY_PREFIX",
+    "WEBHOOK_SECRET_ENV",
+    "EmulatorHandle",
+    "emulator_thread",
+    "running_emulator",
+    "serve",
+]
 
 #: The line ``python -m polar_metering.emulator`` prints once its socket listens.
 READY_PREFIX = "polar-metering emulator listening on "
 TOKEN_ENV = "POLAR_EMULATOR_TOKEN"
+WEBHOOK_SECRET_ENV = "POLAR_EMULATOR_WEBHOOK_SECRET"
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,9 @@ def _open_engine(url_or_engine: str | LocalEngine, catalog: Catalog | None) -> t
 def _uvicorn_server(app: Any, log_level: str) -> Any:
     import uvicorn
 
+    # The lifespan starts and stops the emulator's background work (debounce, billing, webhooks).
     config = uvicorn.Config(
-        app, log_level=log_level, lifespan="off", access_log=log_level in ("info", "debug", "trace")
+        app, log_level=log_level, lifespan="on", access_log=log_level in ("info", "debug", "trace")
     )
     return uvicorn.Server(config)
 
@@ -104,9 +113,11 @@ def serve(
     catalog: Catalog | None = None,
     log_level: str = "warning",
     announce: bool = False,
+    **options: Any,
 ) -> None:
     """Serve the emulator until interrupted. ``port=0`` picks a free port; with ``announce`` the
-    chosen URL is printed on stdout (``READY_PREFIX`` + URL) once the socket listens."""
+    chosen URL is printed on stdout (``READY_PREFIX`` + URL) once the socket listens. ``options``
+    go to :func:`create_app` (``polar_quirks``, ``billing_interval``, ``webhook_url``...)."""
     from polar_metering.emulator._app import create_app
 
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -119,6 +130,7 @@ def serve(
             rate_limit_per_minute=rate_limit_per_minute,
             settle_delay=settle_delay,
             organization_id=organization_id,
+            **options,
         )
         sock = _listen(host, port)
         if announce:
@@ -138,8 +150,10 @@ def emulator_thread(
     settle_delay: float = 0.0,
     organization_id: str | None = None,
     startup_timeout: float = 10.0,
+    **options: Any,
 ) -> Iterator[EmulatorHandle]:
-    """Serve ``engine`` from a background thread on a free loopback port, for the ``with`` block."""
+    """Serve ``engine`` from a background thread on a free loopback port, for the ``with`` block.
+    ``options`` go to :func:`create_app`."""
     from polar_metering.emulator._app import create_app
 
     token = token or secrets.token_urlsafe(24)
@@ -149,6 +163,7 @@ def emulator_thread(
         rate_limit_per_minute=rate_limit_per_minute,
         settle_delay=settle_delay,
         organization_id=organization_id,
+        **options,
     )
     sock = _listen("127.0.0.1", 0)
     server = _uvicorn_server(app, "warning")
@@ -199,12 +214,20 @@ def running_emulator(
     organization_id: str | None = None,
     catalog: str | None = None,
     startup_timeout: float = 60.0,
+    polar_quirks: bool = True,
+    billing_interval: float | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    webhook_backoff: float | None = None,
 ) -> Iterator[EmulatorHandle]:
     """Run ``python -m polar_metering.emulator`` on a free ``127.0.0.1`` port until the block ends.
 
     ``db`` defaults to a SQLite file in a temporary directory removed afterwards; ``token`` to a
     random one. The token reaches the child through its environment, never its command line.
     ``catalog`` is a ``metering.toml`` path or ``module:attribute`` for the engine's catalog.
+    ``polar_quirks``, ``billing_interval`` (None: Polar's 15 minutes), ``webhook_url``,
+    ``webhook_secret`` (passed through the environment) and ``webhook_backoff`` are the server's
+    options of the same names.
     """
     token = token or secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack:
@@ -230,7 +253,17 @@ def running_emulator(
             cmd += ["--organization-id", organization_id]
         if catalog is not None:
             cmd += ["--catalog", catalog]
+        if not polar_quirks:
+            cmd += ["--no-polar-quirks"]
+        if billing_interval is not None:
+            cmd += ["--billing-interval", repr(float(billing_interval))]
+        if webhook_backoff is not None:
+            cmd += ["--webhook-backoff", repr(float(webhook_backoff))]
         env = {**os.environ, TOKEN_ENV: token}
+        if webhook_url is not None:
+            cmd += ["--webhook-url", webhook_url]
+        if webhook_secret is not None:
+            env[WEBHOOK_SECRET_ENV] = webhook_secret
         stderr = stack.enter_context(tempfile.TemporaryFile(mode="w+", encoding="utf-8"))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         lines: queue.Queue[str | None] = queue.Queue()

@@ -1,4 +1,5 @@
-"""Polar's balance debounce (§3.3), played by the emulator over an engine that settles at once.
+"""Polar's balance debounce (``server/polar/customer_meter/tasks.py``), played by the emulator
+over an engine that settles at once.
 
 Polar recomputes a customer's meters in a task that waits 15 s after the customer's latest event
 and is pushed back by every new one (forced after 180 min). Until it runs, ``/v1/customer-meters``
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from polar_metering.backends._engine.backend import LocalEngine
     from polar_metering.backends._engine.records import CustomerMeterRecord
+    from polar_metering.emulator._quirks import PolarQuirks
 
 __all__ = ["MAX_WAIT_SECONDS", "SettledBalances"]
 
-MAX_WAIT_SECONDS = 180 * 60.0  # CUSTOMER_METER_UPDATE_DEBOUNCE_MAX_THRESHOLD (§3.3)
+MAX_WAIT_SECONDS = 180 * 60.0  # CUSTOMER_METER_UPDATE_DEBOUNCE_MAX_THRESHOLD (server/polar/config.py)
 _T = TypeVar("_T")
 
 
@@ -37,15 +39,44 @@ class SettledBalances:
     ``monotonic`` is the engine clock's, so a ``ManualClock`` drives the debounce in tests.
     """
 
-    def __init__(self, engine: LocalEngine, delay: float, *, max_wait: float = MAX_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        engine: LocalEngine,
+        delay: float,
+        *,
+        max_wait: float = MAX_WAIT_SECONDS,
+        quirks: PolarQuirks | None = None,
+        on_settled: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
         if delay < 0:
             raise ValueError("settle_delay: must be >= 0 seconds")
         self._engine = engine
         self.delay = float(delay)
         self._max_wait = max_wait
+        self._quirks = quirks
+        #: called with the customers whose balances were just recomputed (the emulator sends
+        #: ``customer.state_changed`` for them, as Polar does after each recompute)
+        self.on_settled = on_settled
         self._now: Callable[[], float] = engine.clock.monotonic
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
+
+    def _live(
+        self,
+        customer_ids: Sequence[str] | None = None,
+        external_customer_ids: Sequence[str] | None = None,
+        meter_ids: Sequence[str] | None = None,
+    ) -> list[CustomerMeterRecord]:
+        rows = self._engine.customer_meters(
+            customer_ids=list(customer_ids) if customer_ids else None,
+            external_customer_ids=list(external_customer_ids) if external_customer_ids else None,
+            meter_ids=list(meter_ids) if meter_ids else None,
+        )
+        return self._quirks.apply(rows) if self._quirks is not None else rows
+
+    def _notify(self, customer_ids: Sequence[str]) -> None:
+        if customer_ids and self.on_settled is not None:
+            self.on_settled(list(customer_ids))
 
     @property
     def enabled(self) -> bool:
@@ -53,13 +84,15 @@ class SettledBalances:
 
     def ingest(self, customer_ids: Iterable[str], action: Callable[[], _T]) -> _T:
         """Run ``action`` (the insert), first freezing the rows of customers not already waiting."""
-        if not self.enabled:
-            return action()
         ids = sorted(set(customer_ids))
+        if not self.enabled:
+            result = action()
+            self._notify(ids)
+            return result
         with self._lock:
             now = self._now()
             fresh = [cid for cid in ids if cid not in self._pending or self._due(self._pending[cid], now)]
-            before = self._engine.customer_meters(customer_ids=fresh) if fresh else []
+            before = self._live(customer_ids=fresh) if fresh else []
             for cid in fresh:
                 self._pending[cid] = _Pending([r for r in before if r.customer.id == cid], now, now)
             result = action()
@@ -69,29 +102,46 @@ class SettledBalances:
             return result
 
     def customer_created(self, customer_id: str) -> None:
-        """Polar queues a recompute when a customer is created (§1.7); until it runs there are no rows."""
+        """Polar queues a recompute when a customer is created; until it runs there are no rows."""
         if self.enabled:
             with self._lock:
                 now = self._now()
                 self._pending[customer_id] = _Pending([], now, now)
 
     def settle(self, customer_id: str | None = None) -> int:
-        """Recompute now (one customer, or everyone): the admin "settle now" and credit grants."""
+        """Recompute now (one customer, or everyone): the admin "settle now" and credit grants.
+        Returns how many customers had updates waiting."""
         with self._lock:
             if customer_id is None:
-                count = len(self._pending)
+                done = list(self._pending)
                 self._pending.clear()
-                return count
-            return 1 if self._pending.pop(customer_id, None) is not None else 0
+            else:
+                done = [customer_id] if self._pending.pop(customer_id, None) is not None else []
+        self._notify(done if customer_id is None else [customer_id])
+        return len(done)
+
+    def sweep(self) -> int:
+        """Let the customers whose quiet period is over settle (the background tick)."""
+        if not self.enabled:
+            return 0
+        with self._lock:
+            due = self._expire()
+        self._notify(due)
+        return len(due)
+
+    def _expire(self) -> list[str]:
+        now = self._now()
+        due = [cid for cid, p in self._pending.items() if self._due(p, now)]
+        for cid in due:
+            del self._pending[cid]
+        return due
 
     def _due(self, pending: _Pending, now: float) -> bool:
         return now - pending.last >= self.delay or now - pending.first >= self._max_wait
 
-    def _held(self) -> dict[str, list[CustomerMeterRecord]]:
-        now = self._now()
-        for cid in [cid for cid, p in self._pending.items() if self._due(p, now)]:
-            del self._pending[cid]
-        return {cid: p.snapshot for cid, p in self._pending.items()}
+    def _held(self) -> tuple[dict[str, list[CustomerMeterRecord]], list[str]]:
+        due = self._expire()
+        return {cid: p.snapshot for cid, p in self._pending.items()}, due
 
     def rows(
         self,
@@ -101,15 +151,12 @@ class SettledBalances:
         meter_ids: Sequence[str] | None = None,
     ) -> list[CustomerMeterRecord]:
         """The engine's rows, with waiting customers' rows replaced by their frozen ones."""
-        live = self._engine.customer_meters(
-            customer_ids=list(customer_ids) if customer_ids else None,
-            external_customer_ids=list(external_customer_ids) if external_customer_ids else None,
-            meter_ids=list(meter_ids) if meter_ids else None,
-        )
+        live = self._live(customer_ids, external_customer_ids, meter_ids)
         if not self.enabled:
             return live
         with self._lock:
-            held = self._held()
+            held, due = self._held()
+        self._notify(due)
         if not held:
             return live
         out = [r for r in live if r.customer.id not in held]
@@ -120,10 +167,14 @@ class SettledBalances:
     def row(self, customer_meter_id: str) -> CustomerMeterRecord | None:
         """One row by id; a row created by unsettled events does not exist yet."""
         record = self._engine.get_customer_meter(customer_meter_id)
+        if record is not None and self._quirks is not None:
+            record = self._quirks.apply([record])[0]
         if record is None or not self.enabled:
             return record
         with self._lock:
-            frozen = self._held().get(record.customer.id)
+            held, due = self._held()
+        self._notify(due)
+        frozen = held.get(record.customer.id)
         if frozen is None:
             return record
         return next((r for r in frozen if r.id == customer_meter_id), None)
@@ -143,5 +194,5 @@ def _matches(
         return False
     if meter_ids:
         return record.meter.id in meter_ids
-    # §3.1: archived meters are listed only when asked for by id.
+    # Archived meters are listed only when asked for by id (customer_meter/service.py).
     return record.meter.archived_at is None

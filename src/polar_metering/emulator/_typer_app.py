@@ -36,15 +36,51 @@ def _serve(
     rate_limit: Annotated[int | None, typer.Option(help="Requests per minute per token.")] = None,
     settle_delay: Annotated[float, typer.Option(help="Seconds of quiet before balances update.")] = 0.0,
     catalog: Annotated[str | None, typer.Option(help="metering.toml path or module:attribute.")] = None,
+    polar_quirks: Annotated[
+        bool,
+        typer.Option(
+            help="Play Polar's customer-meter quirks (credits in catch-all meters, dotted properties)."
+        ),
+    ] = True,
+    billing_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between Polar's billing passes (default 900; 0: on demand only)."),
+    ] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Send Polar's webhooks to this URL.")] = None,
+    webhook_secret: Annotated[
+        str | None, typer.Option(help="Webhook signing secret (default: POLAR_EMULATOR_WEBHOOK_SECRET).")
+    ] = None,
+    webhook_backoff: Annotated[float, typer.Option(help="First webhook retry delay in seconds.")] = 2.0,
 ) -> None:
     """Serve a Polar-compatible API on the local engine (binds 127.0.0.1 by default)."""
     if ctx.invoked_subcommand is not None:
         return
     try:
-        emulator_command(host, port, token, db, rate_limit, settle_delay, catalog=catalog)
+        emulator_command(
+            host,
+            port,
+            token,
+            db,
+            rate_limit,
+            settle_delay,
+            catalog=catalog,
+            polar_quirks=polar_quirks,
+            billing_interval=billing_interval,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            webhook_backoff=webhook_backoff,
+        )
     except MeteringError as exc:
-        typer.echo(f"error: {redact(str(exc), token)}", err=True)
+        message = redact(str(exc), token)
+        if webhook_secret:
+            message = redact(message, webhook_secret)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
+
+
+def _billing(url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Run Polar's billing pass now: meters with billed events freeze filter and aggregation."""
+    _run(lambda: AdminClient(url, token).billing())
 
 
 def _customer(
@@ -144,6 +180,7 @@ def build() -> typer.Typer:
         ("subscribe", _subscribe),
         ("reset", _reset),
         ("settle", _settle),
+        ("billing", _billing),
     ):
         admin.command(name)(command)
     app.add_typer(admin, name="admin")

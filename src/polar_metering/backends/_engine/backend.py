@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from polar_metering._catalog import Aggregation, Catalog, Filter, Meter, Plan
 from polar_metering._clock import Clock, SystemClock
 from polar_metering._evaluate import unique_key
-from polar_metering._events import Event
+from polar_metering._events import Event, describe
 from polar_metering._exceptions import ConfigurationError, NotFound
 from polar_metering._periods import calendar_month, period_containing
 from polar_metering._projection import project
@@ -51,7 +51,7 @@ from polar_metering.backends._engine.rollups import (
 )
 from polar_metering.backends._engine.timekeeping import EngineTime, from_us, to_us
 
-__all__ = ["LocalEngine", "Window", "to_us", "from_us"]
+__all__ = ["LocalEngine", "Window", "from_us", "plan_units", "to_us", "usage_since"]
 
 _IN_CHUNK = 500  # bound on IN (...) lists; SQLite's default variable limit is far above this
 
@@ -100,6 +100,32 @@ def flagged_credit(row: Any, plan: Plan | None) -> float:
     return float(row.credited or 0.0) if plan is not None and plan.rollover else 0.0
 
 
+def plan_units(plan: Plan | None, meter: CompiledMeter) -> float | None:
+    """The units ``plan`` credits ``meter`` each period, or None. A plan names a meter by its catalog
+    slug, or by its id (meters created through the emulator's API have no slug)."""
+    if plan is None:
+        return None
+    for key in (meter.slug, meter.id):
+        if key is not None and key in plan.credits:
+            return float(plan.credits[key])
+    return None
+
+
+def usage_since(acct: Any, window: Window) -> int:
+    """Where the usage of ``window`` begins. Usually its start; in a subscription's first period,
+    the start of the window the customer was in when subscribing (``reset_us`` before the anchor):
+    subscribing does not reset usage, so what was counted before still counts (see ``subscribe``)."""
+    if (
+        acct is not None
+        and window.plan is not None
+        and acct.anchor_us is not None
+        and acct.reset_us is not None
+        and acct.reset_us < window.start_us == acct.anchor_us
+    ):
+        return int(acct.reset_us)
+    return window.start_us
+
+
 @dataclass(slots=True)
 class _Row:
     customer: str
@@ -126,10 +152,16 @@ class LocalEngine(PolarSurface, Backend):
         unknown = set(options) - {"busy_timeout_ms", "echo", "create_schema"}
         if unknown:
             raise ConfigurationError(f"options: unknown options for the local engine: {sorted(unknown)}")
+        busy = options.get("busy_timeout_ms", 10_000)
+        if isinstance(busy, bool) or not isinstance(busy, int) or not 0 <= busy <= 2**31 - 1:
+            raise ConfigurationError(
+                f"busy_timeout_ms: must be an integer of milliseconds >= 0, got {describe(busy, 40)}"
+            )
+        for flag in ("echo", "create_schema"):
+            if not isinstance(options.get(flag, False), bool):
+                raise ConfigurationError(f"{flag}: must be true or false")
         super().__init__(url, catalog=catalog, clock=clock)
-        self.db = Database(
-            url.raw, busy_timeout_ms=options.get("busy_timeout_ms", 10_000), echo=options.get("echo", False)
-        )
+        self.db = Database(url.raw, busy_timeout_ms=busy, echo=options.get("echo", False))
         self._plans: dict[str, Plan] = {}
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
@@ -301,10 +333,11 @@ class LocalEngine(PolarSurface, Backend):
     ) -> Credit | None:
         """Credit at the start of a window: the plan's units plus what rolls over from the window
         before (§4.2). ``None``: the plan grants nothing for this meter, so it has no limit."""
-        plan = window.plan
-        if plan is None or meter.slug is None or meter.slug not in plan.credits:
+        base = plan_units(window.plan, meter)
+        if base is None:
             return None
-        base = float(plan.credits[meter.slug])
+        plan = window.plan
+        assert plan is not None
         # The plan's own grant is flagged as the plan says; what rolls over arrives flagged (Polar
         # re-grants it as a rollover credit), so it can keep rolling while it goes unused.
         fresh = base if plan.rollover else 0.0
@@ -648,23 +681,89 @@ class LocalEngine(PolarSurface, Backend):
     def subscribe(self, customer: str, plan: Plan | str, started_at: datetime | None = None) -> None:
         """Put ``customer`` on ``plan`` with periods anchored at ``started_at`` (default now).
 
-        As in Polar, starting a subscription resets the customer's meters (§4.3): usage ingested
-        before ``started_at`` does not count against the new plan.
+        A plan is the engine's stand-in for a Polar product with meter-credit benefits, and follows
+        Polar's rules for one (``server/polar/subscription/service.py`` ``reset_meters``, and
+        ``server/polar/benefit/strategies/meter_credit/service.py`` at c6c3645):
+
+        - Subscribing does **not** reset usage: Polar resets only meters that carry a metered price
+          on the product, and a credit benefit only adds credit. The usage and credit of the window
+          the customer is in carry into the subscription's first period, and the plan's units are
+          added to that credit.
+        - Each renewal starts a new window with the plan's units (plus rollover), as Polar's benefit
+          cycle resets the credited meter and grants again.
+
+        With ``started_at`` before the current period (a subscription renewed since), the window is
+        the current period: a renewal reset it.
         """
         plan_name = plan.name if isinstance(plan, Plan) else plan
         now = self.time.now()
         anchor = now if started_at is None else started_at.astimezone(UTC)
         if anchor > now:
             raise ConfigurationError("started_at: must not be in the future")
+        now_us = to_us(now)
         with self.db.write() as conn:
             if isinstance(plan, Plan):
                 self._store_plan(conn, plan)
             elif self._plan(conn, plan_name) is None:
                 raise ConfigurationError(f"plan: unknown plan {plan_name!r}; pass plans=[...] to init()")
-            values = {"plan": plan_name, "anchor_us": to_us(anchor), "reset_us": None}
+            stored = self._plan(conn, plan_name)
+            assert stored is not None
+            old = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
+            old_window = self._window_of(conn, old, now)
+            since = usage_since(old, old_window)
+            carried = self._window_credits(conn, customer, old_window)
+            period_start_us = to_us(period_containing(anchor, stored.interval, now)[0])
+            # The usage window continues unless a renewal came in between (a backdated anchor whose
+            # first period is over); a reset inside the current period is kept either way.
+            continues = period_start_us == to_us(anchor) or since >= period_start_us
+            values = {"plan": plan_name, "anchor_us": to_us(anchor), "reset_us": since if continues else None}
             conn.execute(insert_ignore(self.db.engine, t.accounts).values(customer=customer, **values))
             conn.execute(update(t.accounts).where(t.accounts.c.customer == customer).values(**values))
             self._rebuild_customer(conn, customer)
+            if continues:
+                self._carry_credits(conn, customer, stored, carried, now_us)
+
+    def _window_credits(self, conn: Connection, customer: str, window: Window) -> dict[str, Credit]:
+        """The credit of each of the customer's rollup rows in ``window``: what a subscription that
+        does not reset keeps."""
+        where = and_(t.usage.c.customer == customer, t.usage.c.window_us == window.start_us)
+        rows = conn.execute(select(t.usage).where(where)).all()
+        return {
+            r.meter_id: Credit(float(r.credited), flagged_credit(r, window.plan))
+            for r in rows
+            if r.credited is not None
+        }
+
+    def _carry_credits(
+        self, conn: Connection, customer: str, plan: Plan, carried: Mapping[str, Credit], now_us: int
+    ) -> None:
+        """Set the current window's credit to what the customer had plus the plan's units: Polar's
+        benefit grant adds a ``meter.credited`` event to the running sum, it resets nothing."""
+        window = self._window(conn, customer, from_us(now_us))
+        for m in sorted(self._meters.values(), key=lambda m: m.id):
+            if m.archived:
+                continue
+            base = plan_units(plan, m)
+            kept = carried.get(m.id)
+            if base is None and kept is None:
+                credit = None
+            else:
+                fresh = (base or 0.0) if plan.rollover else 0.0
+                credit = Credit(
+                    (base or 0.0) + (kept.units if kept else 0.0), fresh + (kept.rollover if kept else 0.0)
+                )
+            self._usage_row(conn, customer, m, window, lock=True)
+            conn.execute(
+                update(t.usage)
+                .where(
+                    and_(
+                        t.usage.c.customer == customer,
+                        t.usage.c.meter_id == m.id,
+                        t.usage.c.window_us == window.start_us,
+                    )
+                )
+                .values(**_credit_columns(credit), modified_us=now_us)
+            )
 
     def reset_meters(self, customer_id: str, meter_id: str | None = None) -> None:
         """Start a new window now for a customer (Polar's ``meter.reset``, §4.3). Accepts a Polar
@@ -728,7 +827,9 @@ class LocalEngine(PolarSurface, Backend):
 
     def _rebuild_customer(self, conn: Connection, customer: str, meter_id: str | None = None) -> None:
         now = self.time.now()
-        window = self._window(conn, customer, now)
+        acct = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
+        window = self._window_of(conn, acct, now)
+        since = usage_since(acct, window)
         # Sorted: rollup rows are locked in key order everywhere, so writers never deadlock on them.
         targets = sorted(
             (m for m in self._meters.values() if not m.archived and meter_id in (None, m.id)),
@@ -767,7 +868,7 @@ class LocalEngine(PolarSurface, Backend):
         deltas: dict[tuple[str, str], Delta] = {}
         result = conn.execute(
             select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata).where(
-                and_(t.events.c.customer == customer, t.events.c.ingested_us >= window.start_us)
+                and_(t.events.c.customer == customer, t.events.c.ingested_us >= since)
             )
         )
         for name, source, ts_us, md in result:

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from polar_metering._catalog import Aggregation, Filter
-from polar_metering._evaluate import json_text, lookup, unique_key
+from polar_metering._catalog import Aggregation, Filter, Plan
 from polar_metering._exceptions import NotFound, ValidationError
-from polar_metering._periods import add_months
+from polar_metering._meter_checks import aggregation_takes
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.dialect import insert_ignore
+from polar_metering.backends._engine.quantities import (
+    QuantitiesSurface,
+    aggregate_values,
+    bucket_start,
+    series,
+    step,
+)
 from polar_metering.backends._engine.records import (
     CustomerMeterRecord,
     CustomerRecord,
@@ -36,9 +40,10 @@ if TYPE_CHECKING:
     from polar_metering.backends._engine.backend import Credit, Window
     from polar_metering.backends._engine.dialect import Database
 
-__all__ = ["PolarSurface", "aggregate_values", "bucket_start", "series"]
+__all__ = ["PolarSurface", "aggregate_values", "billable", "bucket_start", "series", "step"]
 
 _NS = uuid.UUID("6f1c2d4e-8a5b-4c3d-9e7f-0a1b2c3d4e5f")
+_BILLED = "emulator.meter.last_billed_event:"
 _LOCKED_RULE = "This field can't be updated because the meter is already aggregating events."
 
 
@@ -65,65 +70,21 @@ def event_uuid(seq: int) -> str:
     return str(uuid.UUID(int=(0x4000 << 64) | (0x8000 << 48) | seq))
 
 
-def bucket_start(when: datetime, interval: str, tz: ZoneInfo) -> datetime:
-    """PostgreSQL's ``date_trunc(interval, when)`` in ``tz`` (weeks start on Monday)."""
-    local = when.astimezone(tz)
-    if interval == "hour":
-        local = local.replace(minute=0, second=0, microsecond=0)
-    elif interval == "day":
-        local = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    elif interval == "week":
-        local = (local - timedelta(days=local.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
-    elif interval == "month":
-        local = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    elif interval == "year":
-        local = local.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-    else:
-        raise ValidationError("interval", "must be one of year, month, week, day, hour", interval)
-    return local.replace(tzinfo=None).replace(tzinfo=tz)
+def billable(meter: CompiledMeter, name: str, source: str, ts_seconds: int, metadata: dict[str, Any]) -> bool:
+    """Whether Polar's billing counts the event on ``meter``: the meter's own credit and reset
+    events, or an event its filter matches whose aggregated property has the right type
+    (``server/polar/event/service.py`` ``_event_matches_meter``, ``meter/aggregation.py``)."""
+    if source == "system" and name in ("meter.credited", "meter.reset"):
+        return str(metadata.get("meter_id")) == meter.id
+    return meter.matcher(name, source, ts_seconds, metadata) and aggregation_accepts(meter, metadata)
 
 
-def series(start: datetime, end: datetime, interval: str) -> list[datetime]:
-    """``generate_series(start, end, '1 interval')``: start, start + 1 interval, ... up to end inclusive."""
-    points: list[datetime] = []
-    k = 0
-    while True:
-        if interval in ("month", "year"):
-            point = add_months(start, k * (12 if interval == "year" else 1))
-        else:
-            step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[
-                interval
-            ]
-            point = start + k * step
-        if point > end:
-            return points
-        points.append(point)
-        k += 1
+def aggregation_accepts(meter: CompiledMeter, metadata: dict[str, Any]) -> bool:
+    """The aggregation's own clause (``_meter_checks.aggregation_takes``)."""
+    return aggregation_takes(meter.aggregation, metadata)
 
 
-def aggregate_values(func_name: str, values: Sequence[Any]) -> float:
-    """Aggregate raw per-event inputs: numbers for count/sum/max/min/avg, keys for unique (§6.2)."""
-    if func_name == "count":
-        return float(len(values))
-    if func_name == "unique":
-        return float(len({v for v in values if v is not None}))
-    nums = [v for v in values if v is not None]
-    if not nums:
-        return 0.0
-    if func_name == "sum":
-        return float(sum(nums))
-    if func_name == "max":
-        return float(max(nums))
-    if func_name == "min":
-        return float(min(nums))
-    if func_name == "avg":
-        return float(sum(nums) / len(nums))
-    raise ValidationError(
-        "customer_aggregation_function", "must be one of count, sum, max, min, avg, unique", func_name
-    )
-
-
-class PolarSurface:
+class PolarSurface(QuantitiesSurface):
     """Mixed into :class:`LocalEngine`; see ``records.py`` for the shapes returned."""
 
     if TYPE_CHECKING:  # provided by LocalEngine
@@ -137,12 +98,16 @@ class PolarSurface:
 
         def _window(self, conn: Connection, customer: str, now: datetime) -> Window: ...
 
+        def _window_of(self, conn: Connection, acct: Any, now: datetime) -> Window: ...
+
+        def _plan(self, conn: Connection, name: str | None) -> Plan | None: ...
+
         def _initial_credit(
             self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
         ) -> Credit | None: ...
 
     # -- meters -----------------------------------------------------------------------------------
-    def _meter_record(self, row: Any) -> MeterRecord:
+    def _meter_record(self, row: Any, billed: bool = False) -> MeterRecord:
         return MeterRecord(
             id=row.id,
             name=row.name,
@@ -156,7 +121,7 @@ class PolarSurface:
             custom_label=row.custom_label,
             custom_multiplier=row.custom_multiplier,
             metadata=json.loads(row.metadata or "{}"),
-            locked=bool(row.locked),
+            locked=billed,
         )
 
     def create_meter(
@@ -170,7 +135,7 @@ class PolarSurface:
         custom_multiplier: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> MeterRecord:
-        """Create a meter; usage since each customer's last reset counts at once (§2.4)."""
+        """Create a meter; usage since each customer's last reset counts at once."""
         meter_id = str(uuid.uuid4())
         now_us = _us(self.clock.now())
         compiled = CompiledMeter.build(meter_id, None, name, filter, aggregation)
@@ -191,27 +156,87 @@ class PolarSurface:
                     locked=False,
                 )
             )
-            # §2.4: filter and aggregation lock at creation when a matching event already exists.
-            if self._any_match(conn, compiled):
-                conn.execute(update(t.meters).where(t.meters.c.id == meter_id).values(locked=True))
+            # Polar sets the meter's last billed event at creation to the latest matching event,
+            # which freezes filter and aggregation at once (server/polar/meter/service.py create).
+            latest = self._latest_billable(conn, compiled, after_seq=0, by_timestamp=True)
+            if latest is not None:
+                self._set_billed(conn, meter_id, latest)
         self._load_meters()
         self.rebuild(meter_id=meter_id)
         found = self.get_meter(meter_id)
         assert found is not None
         return found
 
-    def _any_match(self, conn: Connection, meter: CompiledMeter) -> bool:
-        for name, source, ts_us, md in conn.execute(
-            select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata)
+    def compiled_meters(self) -> dict[str, CompiledMeter]:
+        """The engine's meters, compiled, by id (replaced as a whole when meters change)."""
+        return self._meters
+
+    def get_plan(self, name: str) -> Plan | None:
+        with self.db.read() as conn:
+            return self._plan(conn, name)
+
+    # -- Polar's billing watermark ------------------------------------------------------------------
+    # Polar keeps ``Meter.last_billed_event``: set at creation when a matching event exists, and
+    # moved by the billing pass its scheduler runs every 15 minutes (server/polar/meter/tasks.py,
+    # ``MeterService.create_billing_entries``). Once set, filter and aggregation can no longer be
+    # changed. Stored per meter in ``pm_info`` as the event's row number.
+
+    def _billed(self, conn: Connection) -> dict[str, int]:
+        rows = conn.execute(select(t.info.c.key, t.info.c.value).where(t.info.c.key.like(_BILLED + "%")))
+        return {key[len(_BILLED) :]: int(value) for key, value in rows}
+
+    def _set_billed(self, conn: Connection, meter_id: str, seq: int) -> None:
+        key = _BILLED + meter_id
+        conn.execute(insert_ignore(self.db.engine, t.info).values(key=key, value=str(seq)))
+        conn.execute(update(t.info).where(t.info.c.key == key).values(value=str(seq)))
+
+    def _latest_billable(
+        self, conn: Connection, meter: CompiledMeter, *, after_seq: int, by_timestamp: bool = False
+    ) -> int | None:
+        """The row number of the latest event Polar would bill on ``meter``: its filter and
+        aggregation match (``EventService._event_matches_meter``), latest by ingestion, or by
+        timestamp as at creation."""
+        best: tuple[int, int] | None = None
+        for seq, name, source, ts_us, md in conn.execute(
+            select(
+                t.events.c.seq, t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata
+            ).where(t.events.c.seq > after_seq)
         ):
-            if source == "user" and meter.matcher(name, source, ts_us // 1_000_000, json.loads(md)):
-                return True
-        return False
+            if billable(meter, name, source, ts_us // 1_000_000, json.loads(md)):
+                rank = (ts_us, seq) if by_timestamp else (seq, seq)
+                if best is None or rank > best:
+                    best = rank
+        return None if best is None else best[1]
+
+    def meter_billed(self, meter_id: str) -> bool:
+        """Whether the meter has a last billed event (its filter and aggregation are frozen)."""
+        with self.db.read() as conn:
+            return (
+                conn.execute(select(t.info.c.key).where(t.info.c.key == _BILLED + meter_id)).first()
+                is not None
+            )
+
+    def billing_pass(self) -> list[str]:
+        """Polar's billing pass: every meter that is not archived moves its last billed event to the
+        latest event billed on it. Returns the meters that had none before."""
+        with self.db.write() as conn:
+            billed = self._billed(conn)
+            newly = []
+            for m in sorted(self._meters.values(), key=lambda m: m.id):
+                if m.archived:
+                    continue
+                latest = self._latest_billable(conn, m, after_seq=billed.get(m.id, 0))
+                if latest is not None:
+                    self._set_billed(conn, m.id, latest)
+                    if m.id not in billed:
+                        newly.append(m.id)
+            return newly
 
     def list_meters(self, *, include_archived: bool = False, query: str | None = None) -> list[MeterRecord]:
         with self.db.read() as conn:
             rows = conn.execute(select(t.meters)).all()
-        records = [self._meter_record(r) for r in rows]
+            billed = self._billed(conn)
+        records = [self._meter_record(r, r.id in billed) for r in rows]
         if not include_archived:
             records = [r for r in records if r.archived_at is None]
         if query:
@@ -222,10 +247,16 @@ class PolarSurface:
     def get_meter(self, meter_id: str) -> MeterRecord | None:
         with self.db.read() as conn:
             row = conn.execute(select(t.meters).where(t.meters.c.id == meter_id)).first()
-        return None if row is None else self._meter_record(row)
+            billed = (
+                row is not None
+                and conn.execute(select(t.info.c.key).where(t.info.c.key == _BILLED + meter_id)).first()
+                is not None
+            )
+        return None if row is None else self._meter_record(row, billed)
 
     def update_meter(self, meter_id: str, **changes: Any) -> MeterRecord:
-        """Apply a Polar ``MeterUpdate``; filter/aggregation are refused once the meter is locked (§2.4)."""
+        """Apply a Polar ``MeterUpdate``; filter/aggregation are refused once the meter has a last
+        billed event (``MeterService.update``)."""
         allowed = {
             "name",
             "unit",
@@ -245,12 +276,14 @@ class PolarSurface:
             row = conn.execute(select(t.meters).where(t.meters.c.id == meter_id)).first()
             if row is None:
                 raise NotFound("meter not found", status_code=404)
+            frozen = conn.execute(select(t.info.c.key).where(t.info.c.key == _BILLED + meter_id)).first()
             for key in ("filter", "aggregation"):
+                if key in changes and frozen is not None:
+                    # Polar refuses the field once billed, even when the value is unchanged.
+                    raise ValidationError(key, _LOCKED_RULE, None)
                 if changes.get(key) is not None:
                     new = dumps(changes[key].to_polar())
                     if new != getattr(row, key):
-                        if row.locked:
-                            raise ValidationError(key, _LOCKED_RULE, None)
                         values[key] = new
                         redefine = True
             for key in ("name", "unit", "custom_label", "custom_multiplier"):
@@ -352,7 +385,10 @@ class PolarSurface:
 
     # -- customer meters --------------------------------------------------------------------------------
     def customer_meter_id(self, customer_id: str, meter_id: str) -> str:
-        return str(uuid.uuid5(_NS, f"{customer_id}|{meter_id}"))
+        """A stable id per (customer, meter), shaped as a version-4 UUID like Polar's ids, so that
+        the ``UUID4`` path check Polar applies accepts it."""
+        derived = uuid.uuid5(_NS, f"{customer_id}|{meter_id}")
+        return str(uuid.UUID(bytes=derived.bytes, version=4))
 
     def customer_meters(
         self,
@@ -361,7 +397,7 @@ class PolarSurface:
         external_customer_ids: Sequence[str] | None = None,
         meter_ids: Sequence[str] | None = None,
     ) -> list[CustomerMeterRecord]:
-        """Every (customer, meter) pair with its current window's numbers (§3.1-3.2)."""
+        """Every (customer, meter) pair with its current window's numbers."""
         now = self.clock.now()
         with self.db.read() as conn:
             query = select(t.customers)
@@ -378,7 +414,7 @@ class PolarSurface:
             if meter_ids:
                 meters = [m for m in meters if m.id in set(meter_ids)]
             else:
-                meters = [m for m in meters if m.archived_at is None]  # §3.1: hidden unless asked for
+                meters = [m for m in meters if m.archived_at is None]  # hidden unless asked for
             out: list[CustomerMeterRecord] = []
             for c in customers:
                 key = c.external_id or c.id
@@ -424,6 +460,21 @@ class PolarSurface:
             if record.id == customer_meter_id:
                 return record
         return None
+
+    def window_events(self, customer_key: str) -> list[tuple[str, str, int, dict[str, Any]]]:
+        """``(name, source, timestamp seconds, metadata)`` of the events that count in the customer's
+        current window (the ones its customer meters aggregate)."""
+        from polar_metering.backends._engine.backend import usage_since
+
+        with self.db.read() as conn:
+            acct = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer_key)).first()
+            since = usage_since(acct, self._window_of(conn, acct, self.clock.now()))
+            rows = conn.execute(
+                select(t.events.c.name, t.events.c.source, t.events.c.ts_us, t.events.c.metadata).where(
+                    and_(t.events.c.customer == customer_key, t.events.c.ingested_us >= since)
+                )
+            ).all()
+        return [(name, source, ts_us // 1_000_000, json.loads(md)) for name, source, ts_us, md in rows]
 
     # -- events -----------------------------------------------------------------------------------------
     def list_events(
@@ -475,110 +526,3 @@ class PolarSurface:
             )
             for r in rows
         ], total
-
-    # -- quantities -------------------------------------------------------------------------------------
-    def quantities(
-        self,
-        meter_id: str,
-        *,
-        start: datetime,
-        end: datetime,
-        interval: str,
-        timezone: str = "UTC",
-        customer_ids: Sequence[str] | None = None,
-        external_customer_ids: Sequence[str] | None = None,
-        metadata: Mapping[str, Sequence[str]] | None = None,
-        customer_aggregation: str | None = None,
-    ) -> tuple[list[tuple[datetime, float]], float]:
-        """Usage per time bucket by event timestamp (§2.6). ``total`` for avg/unique is computed over
-        the raw events of the range (Polar's query is unbounded there; we bound it by the range)."""
-        compiled = self._meters.get(meter_id)
-        if compiled is None:
-            raise NotFound("meter not found", status_code=404)
-        try:
-            tz = ZoneInfo(timezone)
-        except Exception:
-            raise ValidationError("timezone", "must be an IANA time zone name", timezone) from None
-        points = series(start, end, interval)
-        buckets = [bucket_start(p, interval, tz) for p in points]
-        if not points:
-            return [], 0.0
-        first = buckets[0]
-        last_end = bucket_start(points[-1], interval, tz)
-        last_end = (
-            add_months(last_end, 12 if interval == "year" else 1)
-            if interval in ("month", "year")
-            else last_end
-            + {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[interval]
-        )
-        keys: set[str] = set()
-        with self.db.read() as conn:
-            if customer_ids:
-                for row in conn.execute(select(t.customers).where(t.customers.c.id.in_(list(customer_ids)))):
-                    keys.add(row.external_id or row.id)
-            if external_customer_ids:
-                keys.update(external_customer_ids)
-            conds = [t.events.c.ts_us >= _us(first), t.events.c.ts_us < _us(last_end)]
-            if customer_ids or external_customer_ids:
-                conds.append(t.events.c.customer.in_(sorted(keys)))
-            rows = conn.execute(
-                select(
-                    t.events.c.customer,
-                    t.events.c.name,
-                    t.events.c.source,
-                    t.events.c.ts_us,
-                    t.events.c.metadata,
-                ).where(and_(*conds))
-            ).all()
-        wanted = set(buckets)
-        per: dict[datetime, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-        raw: list[Any] = []
-        from polar_metering.backends._engine.backend import from_us
-
-        for customer, name, source, ts_us, md_text in rows:
-            md = json.loads(md_text)
-            if metadata and not all(
-                (v := lookup(md, k)) is not None and not isinstance(v, dict) and json_text(v) in set(vals)
-                for k, vals in metadata.items()
-            ):
-                continue
-            ts_s = ts_us // 1_000_000
-            if not compiled.matcher(name, source, ts_s, md):
-                continue
-            bucket = bucket_start(from_us(ts_us), interval, tz)
-            if bucket not in wanted:
-                continue
-            value: Any = (
-                unique_key(lookup(md, compiled.aggregation.property or ""))
-                if compiled.func == "unique"
-                else None
-                if compiled.func == "count"
-                else compiled.reader(name, source, ts_s, md)
-            )
-            per[bucket][customer].append(value)
-            raw.append(value)
-        func_name = compiled.func
-        quantities: list[tuple[datetime, float]] = []
-        present: list[float] = []
-        for point, bucket in zip(points, buckets, strict=True):
-            groups = per.get(bucket)
-            if not groups:
-                quantities.append((point, 0.0))
-                continue
-            if customer_aggregation:
-                q = aggregate_values(
-                    customer_aggregation, [aggregate_values(func_name, v) for v in groups.values()]
-                )
-            else:
-                q = aggregate_values(func_name, [x for v in groups.values() for x in v])
-            quantities.append((point, q))
-            present.append(q)
-        if func_name in ("count", "sum") or customer_aggregation:
-            total = float(sum(q for _, q in quantities))
-        elif func_name == "max":
-            total = max(present) if present else 0.0
-        elif func_name == "min":
-            total = min(present) if present else 0.0
-        else:
-            total = aggregate_values(func_name, raw)
-        return quantities, total

@@ -23,6 +23,7 @@ from polar_metering._exceptions import ConfigurationError
 from polar_metering._limits import Limits, MarkingTransport
 from polar_metering._status import MeterReading
 from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult
+from polar_metering.backends._polar._history import HistoryReader
 from polar_metering.backends._polar._readings import (
     MeterDirectory,
     NoCredits,
@@ -150,6 +151,7 @@ class PolarBackend(Backend):
         self.nonblocking_ingest = not self.outbox.config.durable
         self._client = open_client(self.settings)
         self._directory = MeterDirectory(self._client, self.settings, clock.monotonic)
+        self._history = HistoryReader(self._client, self.settings, clock.monotonic)
         self._closed = False
 
     # -- events -------------------------------------------------------------------------------------
@@ -188,6 +190,14 @@ class PolarBackend(Backend):
 
     def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
         return self.limits.is_counted(customer, meter, value)
+
+    def history(
+        self, customer: str, meter: Meter, *, start: datetime, end: datetime, interval: str
+    ) -> list[tuple[datetime, float]]:
+        """Polar's meter quantities for the customer, cached and within a share of the rate limit
+        (``_history.py``); usage not yet counted by Polar is not in it."""
+        meter_id = self._directory.ids([meter])[meter.slug]
+        return self._history.quantities(meter_id, customer, start=start, end=end, interval=interval)
 
     def invalidate(self, customer: str | None = None, meter: str | None = None) -> int:
         """Make cached readings stale (``polar_metering.webhooks`` calls this on state changes)."""

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from polar_metering._catalog import Aggregation, Filter, Meter
+from polar_metering._events import describe
 from polar_metering._exceptions import ConfigurationError, NotFound
 from polar_metering._status import MeterReading
 from polar_metering.backends._polar._sdk import Polar, PolarSettings, polar_errors
@@ -39,9 +40,9 @@ _PAGE = 100  # Polar clamps list limits to 100 (§3.1)
 
 
 def check_no_credits(value: object) -> NoCredits:
-    if value not in ("unlimited", "deny"):
-        raise ConfigurationError(f"no_credits: must be 'unlimited' or 'deny', got {value!r}")
-    return value
+    if value == "unlimited" or value == "deny":
+        return value
+    raise ConfigurationError(f"no_credits: must be 'unlimited' or 'deny', got {describe(value, 40)}")
 
 
 def normalized_definition(filter_: Any, aggregation: Any) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
+from polar_metering._events import describe, text_error
 from polar_metering._exceptions import (
     AuthenticationError,
     BackendError,
@@ -97,21 +98,31 @@ def is_loopback(url: str) -> bool:
 
 
 def _check_base_url(value: str, source: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            f"base_url: must be an http(s) URL such as http://127.0.0.1:8765 (from {source}), got {value!r}"
-        )
+    bad = ConfigurationError(
+        f"base_url: must be an http(s) URL such as http://127.0.0.1:8765 (from {source}), "
+        f"got {describe(value, 80)}"
+    )
+    if not isinstance(value, str) or text_error(value) is not None:
+        raise bad
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:  # an unclosed IPv6 bracket, a bad port
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise bad
     return value.rstrip("/")
 
 
 def _timeout(value: object) -> float:
+    if isinstance(value, bool):
+        raise ConfigurationError("timeout: must be a number of seconds, got a bool")
     try:
         seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"timeout: must be a number of seconds, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigurationError(f"timeout: must be a number of seconds, got {describe(value, 40)}") from None
     if not 0 < seconds <= 300:
-        raise ConfigurationError(f"timeout: must be > 0 and <= 300 seconds, got {value!r}")
+        raise ConfigurationError(f"timeout: must be > 0 and <= 300 seconds, got {describe(value, 40)}")
     return seconds
 
 
@@ -147,8 +158,8 @@ def resolve_settings(
                 "polar://production (and ?base_url=http://127.0.0.1:8765 for the emulator)"
             )
         env = url_host
-    if env not in _SERVERS:
-        raise ConfigurationError(f"environment: must be 'sandbox' or 'production', got {env!r}")
+    if not isinstance(env, str) or env not in _SERVERS:
+        raise ConfigurationError(f"environment: must be 'sandbox' or 'production', got {describe(env, 40)}")
     base: str | None = None
     if "base_url" in query:
         base = _check_base_url(query["base_url"], "the polar:// URL")
@@ -159,6 +170,9 @@ def resolve_settings(
             f"access_token: a Polar organization access token is required; set {ENV_TOKEN} "
             f"(create one in the Polar dashboard under Settings > Developers, {env} environment)"
         )
+    if not access_token.isascii() or "\x00" in access_token:
+        # It travels in an HTTP header; Polar's tokens are ASCII. (The value is never shown.)
+        raise ConfigurationError("access_token: must be ASCII text, as Polar's tokens are")
     seconds = _timeout(query["timeout"]) if "timeout" in query else DEFAULT_TIMEOUT
     if timeout is not None:
         seconds = _timeout(timeout)
