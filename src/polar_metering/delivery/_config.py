@@ -76,7 +76,8 @@ class DeliveryConfig:
       true; see ``polar_metering.delivery._pace``). ``False`` keeps all three fixed.
     - ``request_timeout``: seconds to wait for a request before giving up on it, while nothing is
       known of the server's latency; adaptive delivery waits longer for big batches on a slow
-      server (up to 80% of ``lease_seconds``), never less. Default 5 s, polar-sdk's own.
+      server (up to 80% of ``lease_seconds``), never less. Default 5 s, polar-sdk's own (or half of
+      ``lease_seconds`` when that is shorter); it must be shorter than ``lease_seconds``.
     - ``environment`` and ``rate_limit_per_minute`` / ``rate_limit_burst``: a token bucket shared
       by every process on the outbox file. The default rate is 80% of Polar's limit for the
       environment (§5.1); rate + burst may not exceed it. ``environment=None`` (the emulator, a
@@ -105,7 +106,7 @@ class DeliveryConfig:
     batch_max_age: float = 1.0
     max_in_flight: int = 2
     adaptive: bool = True
-    request_timeout: float = 5.0
+    request_timeout: float | None = None
     environment: Literal["production", "sandbox"] | None = "production"
     rate_limit_per_minute: float | None = None
     rate_limit_burst: int = 10
@@ -138,7 +139,7 @@ class DeliveryConfig:
         _integer("max_in_flight", self.max_in_flight, low=1, high=16)
         if not isinstance(self.adaptive, bool):
             raise ConfigurationError(f"adaptive: must be True or False, got {self.adaptive!r}")
-        _number("request_timeout", self.request_timeout, low=0.0, high=300.0, low_open=True)
+
         _integer("rate_limit_burst", self.rate_limit_burst, low=1, high=1000)
         if self.environment is None:
             if self.rate_limit_per_minute is None:
@@ -168,7 +169,11 @@ class DeliveryConfig:
         _number("max_retry_after", self.max_retry_after, low=0.0, high=86_400.0)
         _integer("max_rejections", self.max_rejections, low=1, high=1000)
         _number("lease_seconds", self.lease_seconds, low=0.1, high=86_400.0)
-        if self.request_timeout >= self.lease_seconds:
+        if self.request_timeout is None:
+            # polar-sdk's own 5 s, but always well inside the lease.
+            object.__setattr__(self, "request_timeout", min(5.0, 0.5 * self.lease_seconds))
+        timeout = _number("request_timeout", self.request_timeout, low=0.0, high=300.0, low_open=True)
+        if timeout >= self.lease_seconds:
             raise ConfigurationError(
                 f"request_timeout: must be shorter than lease_seconds ({self.lease_seconds:g} s), or another "
                 f"sender could take a batch over while it is still being sent; got {self.request_timeout:g}"
@@ -180,6 +185,12 @@ class DeliveryConfig:
     def file(self) -> Path:
         """The outbox path as an absolute :class:`~pathlib.Path`."""
         return Path(self.path).expanduser().absolute()
+
+    @property
+    def timeout_seconds(self) -> float:
+        """``request_timeout`` as set, or as derived in ``__post_init__``."""
+        assert self.request_timeout is not None  # set in __post_init__
+        return self.request_timeout
 
     @property
     def requests_per_second(self) -> float:

@@ -249,7 +249,7 @@ class Outbox:
         self._pace = Pace(
             max_in_flight=cfg.max_in_flight,
             max_batch=cfg.batch_max_events,
-            request_timeout=cfg.request_timeout,
+            request_timeout=cfg.timeout_seconds,
             lease_seconds=cfg.lease_seconds,
             adaptive=cfg.adaptive,
         )

@@ -37,7 +37,7 @@ _ALPHA = 0.3  # weight of the newest observation in the smoothed per-event laten
 _MARGIN = 3.0  # timeout = margin x expected latency + _SLACK
 _SLACK = 1.0
 _QUEUED = 0.9  # k in flight taking over 0.9 x k times a lone request's latency: they only queue
-_GROW_AFTER = 8  # quick answers in a row before one more request may be in flight
+_GROW_AFTER = 3  # quick answers in a row before one more request may be in flight
 _MIN_BATCH = 50
 
 

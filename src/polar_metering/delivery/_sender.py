@@ -32,7 +32,7 @@ from polar_metering.delivery._policy import (
 )
 from polar_metering.delivery._store import Row, Store
 
-__all__ = ["DeliveryMetrics", "SendResult", "Sender", "Transport", "accepts_timeout"]
+__all__ = ["DeliveryMetrics", "SendResult", "Sender", "Transport", "accepts_timeout", "sends_encoded"]
 
 log = logging.getLogger("polar_metering.delivery")
 
@@ -74,6 +74,13 @@ class Transport(Protocol):
     """
 
     def send(self, events: list[dict[str, Any]]) -> SendResult: ...
+
+
+def sends_encoded(transport: object) -> bool:
+    """Whether the transport can send a ready ingest body (``send_encoded(body, external_ids, *,
+    timeout=None)``): then the sender hands it the payloads as stored, with nothing decoded or
+    encoded again."""
+    return callable(getattr(transport, "send_encoded", None))
 
 
 def accepts_timeout(transport: object) -> bool:
@@ -182,10 +189,11 @@ class Sender:
         self._cfg = config
         self._transport = transport
         self._timeouts = accepts_timeout(transport)
+        self._encoded = sends_encoded(transport)
         self._pace = pace or Pace(
             max_in_flight=config.max_in_flight,
             max_batch=config.batch_max_events,
-            request_timeout=config.request_timeout,
+            request_timeout=config.timeout_seconds,
             lease_seconds=config.lease_seconds,
             adaptive=config.adaptive,
         )
@@ -236,6 +244,7 @@ class Sender:
             lease_seconds=cfg.lease_seconds,
             rate=cfg.requests_per_second,
             burst=cfg.rate_limit_burst,
+            decode=not self._encoded,
         )
         # Idle means nothing to send at all: then a commit is worth waking up for. Waiting out a
         # backoff or a batch's age is not idle; commits then only wake us for a full batch.
@@ -245,7 +254,7 @@ class Sender:
                 return 0.0
             return claim.wait
         self._resend_now = False
-        self._deliver(store, claim.rows, now, concurrent)
+        self._deliver(store, claim.rows, now, concurrent, claim.body)
         self._on_progress(store)
         return 0.0
 
@@ -262,25 +271,30 @@ class Sender:
             log.info("took over %d outbox events leased by a sender that is no longer running", freed)
         return freed > 0
 
-    def _deliver(self, store: Store, rows: list[Row], now: float, concurrent: int) -> None:
-        events = [row.event for row in rows]
-        timeout = self._pace.timeout_for(len(events))
+    def _deliver(
+        self, store: Store, rows: list[Row], now: float, concurrent: int, body: bytes | None
+    ) -> None:
+        count = len(rows)
+        timeout = self._pace.timeout_for(count)
         started = time.monotonic()
         try:
-            if self._timeouts:
-                result = self._transport.send(events, timeout=timeout)  # type: ignore[call-arg]
+            if body is not None:
+                ids = [row.external_id for row in rows]
+                result = self._transport.send_encoded(body, ids, timeout=timeout)  # type: ignore[attr-defined]
             else:
-                result = self._transport.send(events)
+                events = [row.event for row in rows if row.event is not None]
+                if self._timeouts:
+                    result = self._transport.send(events, timeout=timeout)  # type: ignore[call-arg]
+                else:
+                    result = self._transport.send(events)
         except Exception as exc:
             elapsed = time.monotonic() - started
             if self._timeouts and isinstance(exc, BackendUnavailable) and elapsed >= 0.95 * timeout:
                 # We gave up on it; the server may still be working on it. Wait longer next time.
-                self._pace.observe(len(events), elapsed, concurrent, answered=False, timed_out=True)
+                self._pace.observe(count, elapsed, concurrent, answered=False, timed_out=True)
             self._failed(store, rows, now, exc)
             return
-        self._pace.observe(
-            len(events), time.monotonic() - started, concurrent, answered=True, timed_out=False
-        )
+        self._pace.observe(count, time.monotonic() - started, concurrent, answered=True, timed_out=False)
         store.settle(self._owner, now, ack=[row.id for row in rows])
         counters = self._counters
         counters.batches += 1
