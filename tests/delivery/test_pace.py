@@ -103,7 +103,9 @@ def test_a_slow_one_worker_server_gets_every_batch_once(tmp_path: Path) -> None:
             access_token=emulator.token,
             outbox_path=str(tmp_path / "o.db"),
         )
-        events = [{"customer_id": "c", "event_name": "api.request", "metadata": {"i": i}} for i in range(3000)]
+        events = [
+            {"customer_id": "c", "event_name": "api.request", "metadata": {"i": i}} for i in range(3000)
+        ]
         assert client.track_usage_batch(events).success
         assert client.flush(timeout=120)
         metrics = client.backend.outbox.metrics()  # type: ignore[attr-defined]
