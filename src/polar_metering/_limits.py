@@ -724,17 +724,37 @@ class MarkingTransport:
     with ``duplicates=True`` when Polar said it already had every event of the batch."""
 
     def __init__(self, inner: Any, on_sent: Callable[..., object], wall: Callable[[], float]) -> None:
-        self._inner, self._on_sent, self._wall = inner, on_sent, wall
+        from polar_metering.delivery._sender import accepts_timeout
 
-    def send(self, events: list[dict[str, Any]]) -> Any:
+        self._inner, self._on_sent, self._wall = inner, on_sent, wall
+        self._timeouts = accepts_timeout(inner)
+
+    def send(self, events: list[dict[str, Any]], *, timeout: float | None = None) -> Any:
         started = self._wall()
-        result = self._inner.send(events)
-        ids = [e["external_id"] for e in events if "external_id" in e]
-        known = getattr(result, "duplicates", 0) == len(events) and getattr(result, "inserted", 1) == 0
+        if self._timeouts and timeout is not None:
+            result = self._inner.send(events, timeout=timeout)
+        else:
+            result = self._inner.send(events)
+        self._mark([e["external_id"] for e in events if "external_id" in e], started, result)
+        return result
+
+    def _mark(self, ids: list[str], started: float, result: Any) -> None:
+        known = getattr(result, "duplicates", 0) == len(ids) and getattr(result, "inserted", 1) == 0
         try:
-            self._on_sent(ids, started, duplicates=bool(events) and known)
+            self._on_sent(ids, started, duplicates=bool(ids) and known)
         except Exception:  # the batch is delivered; a bookkeeping failure must not resend it
             log.exception("polar_metering: recording delivered events in the usage overlay failed")
+
+    def __getattr__(self, name: str) -> Any:
+        # ``send_encoded`` exactly when the inner transport has it (the sender looks for it).
+        if name == "send_encoded" and callable(getattr(self._inner, "send_encoded", None)):
+            return self._send_encoded
+        raise AttributeError(name)
+
+    def _send_encoded(self, body: bytes, external_ids: list[str], *, timeout: float | None = None) -> Any:
+        started = self._wall()
+        result = self._inner.send_encoded(body, external_ids, timeout=timeout)
+        self._mark(list(external_ids), started, result)
         return result
 
     def close(self) -> None:

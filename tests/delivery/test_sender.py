@@ -369,10 +369,11 @@ class GateTransport:
 
 @pytest.mark.parametrize("in_flight", [1, 2, 4])
 def test_max_in_flight_bounds_concurrent_requests(tmp_path: Path, in_flight: int) -> None:
-    """With max_in_flight=n, n batches wait on Polar at once while more are due (never more), and
-    every event is still delivered exactly once; metrics add up across the sender threads."""
+    """With max_in_flight=n (fixed: adaptive=False), n batches wait on Polar at once while more are
+    due (never more), and every event is still delivered exactly once; metrics add up across the
+    sender threads. (Adaptive delivery starts with one in flight: tests/delivery/test_pace.py.)"""
     transport = GateTransport()
-    config = fast_config(tmp_path / "outbox.db", batch_max_events=10, max_in_flight=in_flight)
+    config = fast_config(tmp_path / "outbox.db", batch_max_events=10, max_in_flight=in_flight, adaptive=False)
     outbox = Outbox(config, transport)
     events = make_events(100)
     outbox.enqueue(events, durable=True)

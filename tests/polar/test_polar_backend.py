@@ -252,3 +252,15 @@ def test_backend_repr_names_server_not_token(make_client: MakeClient, emulator: 
     assert emulator.base_url in repr(client.backend)
     for text in (repr(client), repr(client.backend), repr(client.backend.settings), repr(client.config)):
         assert emulator.token not in text
+
+
+def test_stored_payloads_go_out_as_they_are(make_client: MakeClient, sdk: Any, customer: str) -> None:
+    """The sender sends the outbox's payloads verbatim as the request body (no decode and re-encode):
+    integers past 64 bits, floats with all their digits, and text outside ASCII arrive exactly."""
+    client = make_client()
+    metadata = {"big": 10**30, "exact": 0.1 + 0.2, "text": "naïve — 数据 ✓"}
+    assert client.track_usage(customer, "exact.values", metadata, external_id=f"{customer}-x").success
+    assert client.flush(timeout=10)
+    events = sdk.events.list(external_customer_id=customer, limit=10).items
+    assert len(events) == 1
+    assert dict(events[0].metadata) == metadata

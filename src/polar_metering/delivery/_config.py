@@ -71,6 +71,13 @@ class DeliveryConfig:
       sender thread each. While one waits for its answer the next batch is claimed and sent, so
       the time between requests stays off the critical path. ``1`` sends strictly one after another.
       The rate limit below binds them all together.
+    - ``adaptive``: adapt requests in flight (up to ``max_in_flight``), events per request (up to
+      ``batch_max_events``) and each request's timeout to the latency the server shows (default
+      true; see ``polar_metering.delivery._pace``). ``False`` keeps all three fixed.
+    - ``request_timeout``: seconds to wait for a request before giving up on it, while nothing is
+      known of the server's latency; adaptive delivery waits longer for big batches on a slow
+      server (up to 80% of ``lease_seconds``), never less. Default 5 s, polar-sdk's own (or half of
+      ``lease_seconds`` when that is shorter); it must be shorter than ``lease_seconds``.
     - ``environment`` and ``rate_limit_per_minute`` / ``rate_limit_burst``: a token bucket shared
       by every process on the outbox file. The default rate is 80% of Polar's limit for the
       environment (§5.1); rate + burst may not exceed it. ``environment=None`` (the emulator, a
@@ -98,6 +105,8 @@ class DeliveryConfig:
     batch_max_bytes: int = 1 * MiB
     batch_max_age: float = 1.0
     max_in_flight: int = 2
+    adaptive: bool = True
+    request_timeout: float | None = None
     environment: Literal["production", "sandbox"] | None = "production"
     rate_limit_per_minute: float | None = None
     rate_limit_burst: int = 10
@@ -128,6 +137,9 @@ class DeliveryConfig:
         _integer("batch_max_bytes", self.batch_max_bytes, low=1024, high=MAX_BATCH_BYTES)
         _number("batch_max_age", self.batch_max_age, low=0.0, high=3600.0)
         _integer("max_in_flight", self.max_in_flight, low=1, high=16)
+        if not isinstance(self.adaptive, bool):
+            raise ConfigurationError(f"adaptive: must be True or False, got {self.adaptive!r}")
+
         _integer("rate_limit_burst", self.rate_limit_burst, low=1, high=1000)
         if self.environment is None:
             if self.rate_limit_per_minute is None:
@@ -157,6 +169,15 @@ class DeliveryConfig:
         _number("max_retry_after", self.max_retry_after, low=0.0, high=86_400.0)
         _integer("max_rejections", self.max_rejections, low=1, high=1000)
         _number("lease_seconds", self.lease_seconds, low=0.1, high=86_400.0)
+        if self.request_timeout is None:
+            # polar-sdk's own 5 s, but always well inside the lease.
+            object.__setattr__(self, "request_timeout", min(5.0, 0.5 * self.lease_seconds))
+        timeout = _number("request_timeout", self.request_timeout, low=0.0, high=300.0, low_open=True)
+        if timeout >= self.lease_seconds:
+            raise ConfigurationError(
+                f"request_timeout: must be shorter than lease_seconds ({self.lease_seconds:g} s), or another "
+                f"sender could take a batch over while it is still being sent; got {self.request_timeout:g}"
+            )
         _number("poll_interval", self.poll_interval, low=0.01, high=3600.0)
         _number("exit_timeout", self.exit_timeout, low=0.0, high=3600.0)
 
@@ -164,6 +185,12 @@ class DeliveryConfig:
     def file(self) -> Path:
         """The outbox path as an absolute :class:`~pathlib.Path`."""
         return Path(self.path).expanduser().absolute()
+
+    @property
+    def timeout_seconds(self) -> float:
+        """``request_timeout`` as set, or as derived in ``__post_init__``."""
+        assert self.request_timeout is not None  # set in __post_init__
+        return self.request_timeout
 
     @property
     def requests_per_second(self) -> float:

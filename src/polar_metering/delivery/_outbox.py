@@ -46,6 +46,7 @@ from polar_metering._events import Event
 from polar_metering._exceptions import ConfigurationError, OutboxError, ValidationError
 from polar_metering.delivery._codec import dumps as _dumps
 from polar_metering.delivery._config import DeliveryConfig
+from polar_metering.delivery._pace import Pace, PaceState
 from polar_metering.delivery._policy import ENVELOPE_BYTES
 from polar_metering.delivery._sender import Counters, DeliveryMetrics, Sender, Transport
 from polar_metering.delivery._store import Store, StoreUnavailable, lease_owner
@@ -243,15 +244,25 @@ class Outbox:
         # another claims and sends the next batch. Without threads one sender is driven by hand.
         transport = self._transport
         lanes = 0 if transport is None else self.config.max_in_flight if self._background else 1
+        cfg = self.config
+        # One pace for all of this process's senders: the requests in flight are theirs together.
+        self._pace = Pace(
+            max_in_flight=cfg.max_in_flight,
+            max_batch=cfg.batch_max_events,
+            request_timeout=cfg.timeout_seconds,
+            lease_seconds=cfg.lease_seconds,
+            adaptive=cfg.adaptive,
+        )
         self._senders: list[Sender] = [
             Sender(
-                self.config,
+                cfg,
                 transport,  # type: ignore[arg-type]  # lanes is 0 without one
                 owner=f"{self._owner}-{lane}",
                 clock=self._clock,
                 rand=self._rand,
                 counters=Counters(),
                 on_progress=self._on_progress,
+                pace=self._pace,
             )
             for lane in range(lanes)
         ]
@@ -770,6 +781,10 @@ class Outbox:
         """The first sender (``None`` without a transport); ``sender.step()`` drives it by hand.
         An outbox made with ``background=False`` has exactly one."""
         return self._sender
+
+    def pace(self) -> PaceState:
+        """The adaptive delivery's current limits: requests in flight, events per request, timeout."""
+        return self._pace.state()
 
     def metrics(self) -> DeliveryMetrics:
         """Counters for this process: committed, sent, duplicates, retries, dead-lettered, commit lag."""

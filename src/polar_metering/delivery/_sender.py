@@ -8,6 +8,7 @@ any backoff short). Tests drive ``step`` directly with a manual clock.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from polar_metering._clock import Clock
-from polar_metering._exceptions import RateLimited, RemoteValidationError, redact
+from polar_metering._exceptions import BackendUnavailable, RateLimited, RemoteValidationError, redact
 from polar_metering.delivery._config import DeliveryConfig
+from polar_metering.delivery._pace import Pace
 from polar_metering.delivery._policy import (
     Failure,
     Settlement,
@@ -30,12 +32,14 @@ from polar_metering.delivery._policy import (
 )
 from polar_metering.delivery._store import Row, Store
 
-__all__ = ["DeliveryMetrics", "SendResult", "Sender", "Transport"]
+__all__ = ["DeliveryMetrics", "SendResult", "Sender", "Transport", "accepts_timeout", "sends_encoded"]
 
 log = logging.getLogger("polar_metering.delivery")
 
 # How often (seconds) an idle sender looks for leases held by senders that died on this host.
 _REAP_INTERVAL = 2.0
+# How long a sender waits for a request slot before going round again (checking for stop).
+_SLOT_WAIT = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +68,29 @@ class Transport(Protocol):
     - :class:`BackendError` with ``status_code=413`` when the body was too large (§1.1).
 
     Anything else counts as a refusal: retried, and dead-lettered after ``max_rejections``.
+
+    ``send`` may take a keyword ``timeout`` (seconds): the sender then passes each request's
+    timeout, which adaptive delivery raises for big batches on a slow server.
     """
 
     def send(self, events: list[dict[str, Any]]) -> SendResult: ...
+
+
+def sends_encoded(transport: object) -> bool:
+    """Whether the transport can send a ready ingest body (``send_encoded(body, external_ids, *,
+    timeout=None)``): then the sender hands it the payloads as stored, with nothing decoded or
+    encoded again."""
+    return callable(getattr(transport, "send_encoded", None))
+
+
+def accepts_timeout(transport: object) -> bool:
+    """Whether ``transport.send`` takes a ``timeout=`` keyword (seconds for this request). Transports
+    written before it existed keep working; they just keep their own timeout."""
+    try:
+        params = inspect.signature(transport.send).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "timeout" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +184,19 @@ class Sender:
         rand: Callable[[], float],
         counters: Counters,
         on_progress: Callable[[Store], None],
+        pace: Pace | None = None,
     ) -> None:
         self._cfg = config
         self._transport = transport
+        self._timeouts = accepts_timeout(transport)
+        self._encoded = sends_encoded(transport)
+        self._pace = pace or Pace(
+            max_in_flight=config.max_in_flight,
+            max_batch=config.batch_max_events,
+            request_timeout=config.timeout_seconds,
+            lease_seconds=config.lease_seconds,
+            adaptive=config.adaptive,
+        )
         self._owner = owner
         self._clock = clock
         self._rand = rand
@@ -187,19 +221,30 @@ class Sender:
         """Claim, send and settle one batch if one is due; return seconds until the next round."""
         store = self._open()
         cfg = self._cfg
+        # A slot first: adaptive delivery may allow fewer requests in flight than there are senders.
+        concurrent = self._pace.acquire(_SLOT_WAIT)
+        if concurrent is None:
+            return _SLOT_WAIT
+        try:
+            return self._round(store, cfg, concurrent)
+        finally:
+            self._pace.release()
+
+    def _round(self, store: Store, cfg: DeliveryConfig, concurrent: int) -> float:
         now = self._clock.now().timestamp()
         force = self._resend_now or self._flushers > 0
         self._pending = 0
         claim = store.claim(
             self._owner,
             now,
-            max_events=self._split or cfg.batch_max_events,
+            max_events=min(self._split or cfg.batch_max_events, self._pace.batch),
             max_bytes=cfg.batch_max_bytes,
             max_age=cfg.batch_max_age,
             force=force,
             lease_seconds=cfg.lease_seconds,
             rate=cfg.requests_per_second,
             burst=cfg.rate_limit_burst,
+            decode=not self._encoded,
         )
         # Idle means nothing to send at all: then a commit is worth waking up for. Waiting out a
         # backoff or a batch's age is not idle; commits then only wake us for a full batch.
@@ -209,7 +254,7 @@ class Sender:
                 return 0.0
             return claim.wait
         self._resend_now = False
-        self._deliver(store, claim.rows, now)
+        self._deliver(store, claim.rows, now, concurrent, claim.body)
         self._on_progress(store)
         return 0.0
 
@@ -226,13 +271,30 @@ class Sender:
             log.info("took over %d outbox events leased by a sender that is no longer running", freed)
         return freed > 0
 
-    def _deliver(self, store: Store, rows: list[Row], now: float) -> None:
-        events = [row.event for row in rows]
+    def _deliver(
+        self, store: Store, rows: list[Row], now: float, concurrent: int, body: bytes | None
+    ) -> None:
+        count = len(rows)
+        timeout = self._pace.timeout_for(count)
+        started = time.monotonic()
         try:
-            result = self._transport.send(events)
+            if body is not None:
+                ids = [row.external_id for row in rows]
+                result = self._transport.send_encoded(body, ids, timeout=timeout)  # type: ignore[attr-defined]
+            else:
+                events = [row.event for row in rows if row.event is not None]
+                if self._timeouts:
+                    result = self._transport.send(events, timeout=timeout)  # type: ignore[call-arg]
+                else:
+                    result = self._transport.send(events)
         except Exception as exc:
+            elapsed = time.monotonic() - started
+            if self._timeouts and isinstance(exc, BackendUnavailable) and elapsed >= 0.95 * timeout:
+                # We gave up on it; the server may still be working on it. Wait longer next time.
+                self._pace.observe(count, elapsed, concurrent, answered=False, timed_out=True)
             self._failed(store, rows, now, exc)
             return
+        self._pace.observe(count, time.monotonic() - started, concurrent, answered=True, timed_out=False)
         store.settle(self._owner, now, ack=[row.id for row in rows])
         counters = self._counters
         counters.batches += 1

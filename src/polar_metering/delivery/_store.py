@@ -74,11 +74,12 @@ _DUE_SCAN = 10_000
 
 
 class Row(NamedTuple):
-    """A claimed outbox row; ``event`` is its payload decoded."""
+    """A claimed outbox row; ``event`` is its payload decoded (``None`` when the claim was asked
+    not to decode: then :attr:`Claim.body` holds every payload)."""
 
     id: int
     external_id: str
-    event: dict[str, Any]
+    event: dict[str, Any] | None
     strikes: int
     enqueued_at: float
 
@@ -86,11 +87,14 @@ class Row(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Claim:
     """Rows leased to the caller, or none and ``wait``: seconds until something may be claimable
-    (``inf`` when the outbox is empty). ``empty``: no row was claimable at all."""
+    (``inf`` when the outbox is empty). ``empty``: no row was claimable at all. ``body``: with
+    ``decode=False``, the ingest request body ``{"events":[...]}`` made of the stored payloads as
+    they are, in the order of ``rows``."""
 
     rows: list[Row]
     wait: float = 0.0
     empty: bool = False
+    body: bytes | None = None
 
 
 # One statement for any number of rows: (external_id, payload text, bytes) triples as a JSON array.
@@ -315,11 +319,13 @@ class Store:
         lease_seconds: float,
         rate: float,
         burst: int,
+        decode: bool = True,
     ) -> Claim:
         """Lease the next batch to ``owner``, if one is ready and the shared gate lets a request go.
 
         A batch is ready when it is full (by count or bytes), when its oldest event has waited
-        ``max_age``, or when ``force`` (a flush) says so.
+        ``max_age``, or when ``force`` (a flush) says so. ``decode=False`` leaves the payloads as
+        the request body (``Claim.body``) instead of decoding each into ``Row.event``.
         """
         due_at = now + _SLACK
         with self.lock:
@@ -397,10 +403,16 @@ class Store:
                     "WHERE id BETWEEN ? AND ? AND lease_owner = ? AND lease_expires = ? ORDER BY id)",
                     (BIG_INT_MARK, candidates[0][0], candidates[count - 1][0], owner, expires),
                 ).fetchone()
+        ordered = [tuple(m) for m in _loads(meta)]
+        in_order = all(ordered[i][0] < ordered[i + 1][0] for i in range(len(ordered) - 1))
+        if not decode and payloads and in_order:
+            # The payloads as stored are the request: nothing is decoded or encoded again.
+            rows = [Row(rid, eid, None, strikes, at) for rid, eid, strikes, at in ordered]
+            return Claim(rows, body=b'{"events":[' + payloads.encode() + b"]}")
         events = _loads(f"[{payloads}]", big_ints=bool(big_ints)) if payloads else []
         rows = [
             Row(rid, eid, event, strikes, at)
-            for (rid, eid, strikes, at), event in zip(_loads(meta), events, strict=True)
+            for (rid, eid, strikes, at), event in zip(ordered, events, strict=True)
         ]
         rows.sort(key=lambda row: row.id)
         return Claim(rows)

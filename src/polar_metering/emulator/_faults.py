@@ -5,6 +5,12 @@ before forwarding (so the client times out while the server may still process th
 forwards the request and then drops the connection without answering: the server stored the batch
 but the client never hears, the case that only ``external_id`` dedup makes safe.
 
+It can also play a slow server: every request on the fault path takes ``latency`` seconds plus
+``latency_per_event`` per event in its body, and with ``workers`` set only that many are served at
+once while the rest queue, as on a Polar server with that many API workers. A request whose client
+gave up (closed the connection) before its answer was ready is counted as ``abandoned``: the server
+did the work for nothing.
+
 It speaks just enough HTTP/1.1 for JSON APIs (``Content-Length`` bodies, keep-alive) and binds
 127.0.0.1. Decisions come from a seeded RNG so a run can be repeated.
 """
@@ -33,6 +39,10 @@ class FaultPlan:
     slow_seconds: float = 6.0
     retry_after: int = 1
     seed: int = 0
+    #: the slow-server model (module docstring): seconds per request, per event, and concurrency
+    latency: float = 0.0
+    latency_per_event: float = 0.0
+    workers: int | None = None
     #: only requests whose path starts with this prefix get faults (others pass untouched)
     path_prefix: str = "/v1/events/ingest"
 
@@ -40,6 +50,8 @@ class FaultPlan:
         shares = (self.rate_limited, self.server_error, self.slow, self.dropped_after_forward)
         if any(s < 0 for s in shares) or sum(shares) > 1:
             raise ValueError("FaultPlan: shares must be >= 0 and sum to at most 1")
+        if self.latency < 0 or self.latency_per_event < 0 or (self.workers is not None and self.workers < 1):
+            raise ValueError("FaultPlan: latencies must be >= 0 and workers >= 1")
 
 
 @dataclass
@@ -49,6 +61,7 @@ class FaultCounts:
     server_error: int = 0
     slow: int = 0
     dropped_after_forward: int = 0
+    abandoned: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -68,6 +81,7 @@ class FaultProxy:
         self.counts = FaultCounts()
         self._rng = random.Random(plan.seed)
         self._lock = threading.Lock()
+        self._workers: asyncio.Semaphore | None = None  # made on the proxy's loop
         self.base_url = ""
 
     def _decide(self, path: str) -> str:
@@ -137,6 +151,18 @@ class FaultProxy:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _serve_slowly(self, head: bytes, body: bytes) -> bytes:
+        """Forward under the slow-server model: wait for a worker, take the request's time, answer."""
+        plan = self.plan
+        if not (plan.latency or plan.latency_per_event or plan.workers):
+            return await self._forward(head, body)
+        if plan.workers is not None and self._workers is None:
+            self._workers = asyncio.Semaphore(plan.workers)
+        events = body.count(b'"external_customer_id"') + body.count(b'"customer_id"')
+        async with self._workers if self._workers is not None else contextlib.nullcontext():
+            await asyncio.sleep(plan.latency + plan.latency_per_event * events)
+            return await self._forward(head, body)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -166,9 +192,15 @@ class FaultProxy:
                     continue
                 if kind == "slow":
                     await asyncio.sleep(self.plan.slow_seconds)
-                response = await self._forward(head, body)
+                if path.startswith(self.plan.path_prefix):
+                    response = await self._serve_slowly(head, body)
+                else:
+                    response = await self._forward(head, body)
                 if kind == "dropped_after_forward":
                     return  # the upstream stored it; the client gets a closed connection
+                if reader.at_eof() or writer.is_closing():
+                    self._count("abandoned")
+                    return
                 writer.write(response)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

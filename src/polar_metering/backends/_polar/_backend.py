@@ -62,9 +62,13 @@ def delivery_config(settings: PolarSettings, outbox_path: str | None) -> Deliver
     path = outbox_path or default_outbox_path(settings)
     if settings.is_local:
         return DeliveryConfig(
-            path=path, environment=None, rate_limit_per_minute=_LOCAL_RATE_PER_MINUTE, rate_limit_burst=100
+            path=path,
+            environment=None,
+            rate_limit_per_minute=_LOCAL_RATE_PER_MINUTE,
+            rate_limit_burst=100,
+            request_timeout=settings.timeout,
         )
-    return DeliveryConfig(path=path, environment=settings.environment)
+    return DeliveryConfig(path=path, environment=settings.environment, request_timeout=settings.timeout)
 
 
 class PolarBackend(Backend):

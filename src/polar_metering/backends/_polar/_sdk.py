@@ -35,12 +35,14 @@ try:
         PolarNetworkError,
         PolarRateLimitError,
         PolarServerError,
+        parse_response_json,
     )
 
     # The Polar API version this library speaks. Change it here and nowhere else: the event, meter
     # and customer-meter shapes are identical across the SDK's version modules (§5.3).
     from polar.v2026_10 import Polar
     from polar.v2026_10.errors import HTTPValidationError
+    from polar.v2026_10.outputs import EventsIngestResponse
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra installed
     raise ConfigurationError("polar:// needs the Polar SDK: pip install 'polar-metering[polar]'") from _exc
 
@@ -48,10 +50,13 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_TIMEOUT",
     "ENV_TOKEN",
+    "EventsIngestResponse",
+    "HTTPValidationError",
     "Polar",
     "PolarSettings",
     "is_loopback",
     "open_client",
+    "parse_response_json",
     "polar_errors",
     "resolve_settings",
 ]
