@@ -93,6 +93,11 @@ class Metering:
         flush_on_exit: bool = True,
     ) -> None:
         self.resolver = None if resolver is None else check_resolver(resolver)
+        if client is not None and inspect.iscoroutinefunction(getattr(client, "check_limit", None)):
+            raise TypeError(
+                "client: Flask views are sync, so the extension needs a sync polar_metering.Metering; "
+                "pass the AsyncMetering's .sync client (or use aio in async views yourself)"
+            )
         self._client = client
         self.track_requests = bool(track_requests)
         self.exclude_paths = check_paths(exclude_paths)
