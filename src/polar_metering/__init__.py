@@ -68,7 +68,7 @@ from polar_metering._exceptions import (
     ValidationError,
 )
 from polar_metering._setup import MeterResult, SetupReport, run_setup
-from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
+from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus, jsonable
 from polar_metering._version import __version__
 
 __all__ = [
@@ -120,6 +120,7 @@ __all__ = [
     "get_client",
     "get_current_customer",
     "init",
+    "jsonable",
     "load_catalog",
     "reserve",
     "reset_current_customer",

@@ -29,9 +29,13 @@ def _build_app() -> Any:
     console = Console()
 
     def fmt(value: float | None) -> str:
+        from polar_metering._status import _fmt
+
         if value is None:
             return "-"
-        return str(int(value)) if value == int(value) else f"{value:.2f}"
+        if value != value or abs(value) >= 1e15 or value == int(value):  # NaN, huge, or whole
+            return _fmt(value)
+        return f"{value:.2f}"
 
     def usage_table(title: str, rows: dict[str, dict[str, UsageStatus]]) -> Table:
         table = Table(title=title)

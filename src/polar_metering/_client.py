@@ -513,7 +513,15 @@ class _Core:
             raise exc
         logger.warning("polar_metering: limit check for %s failed, allowing (fail-open): %s", meter.slug, exc)
         return UsageStatus(
-            True, 0.0, None, None, f"usage unknown: {exc}", meter=meter.slug, customer=customer, stale=True
+            True,
+            0.0,
+            None,
+            None,
+            f"usage unknown: {exc}",
+            meter=meter.slug,
+            customer=customer,
+            stale=True,
+            aggregation=meter.aggregation.func,
         )
 
     def usage_events(

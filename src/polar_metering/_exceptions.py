@@ -95,7 +95,9 @@ class BatchValidationError(ValidationError):
         self.errors = errors
         first_index, first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"events[{first_index}].{first.field}", first.rule + more)
+        # The batch's own errors already name the item ("events[1].customer_id"); others do not.
+        where = first.field if first.field.startswith("events[") else f"events[{first_index}].{first.field}"
+        super().__init__(where, first.rule + more)
 
 
 class UsageLimitExceeded(MeteringError):

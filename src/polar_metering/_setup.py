@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from polar_metering._catalog import Catalog, Meter, load_catalog
 from polar_metering._exceptions import ConfigurationError, RemoteValidationError
 from polar_metering._meter_checks import MeterFinding, check_meters
+from polar_metering._status import as_dict
 
 if TYPE_CHECKING:
     from polar_metering._client import Metering
@@ -48,6 +49,10 @@ class MeterResult:
     diff: str | None = None
     error: str | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class SetupReport:
@@ -59,6 +64,10 @@ class SetupReport:
     notes: tuple[str, ...] = field(default=())
     #: meters that will behave surprisingly on Polar (``polar-metering check-meters``)
     warnings: tuple[MeterFinding, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
     @property
     def created(self) -> list[str]:

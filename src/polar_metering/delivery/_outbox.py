@@ -44,6 +44,7 @@ from typing import Any
 from polar_metering._clock import Clock, SystemClock
 from polar_metering._events import Event
 from polar_metering._exceptions import ConfigurationError, OutboxError, ValidationError
+from polar_metering._status import as_dict
 from polar_metering.delivery._codec import dumps as _dumps
 from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._policy import ENVELOPE_BYTES
@@ -85,6 +86,10 @@ class OutboxStatus:
     paused_until: datetime | None
     accepting: bool
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -99,6 +104,10 @@ class DeadLetter:
     attempts: int
     enqueued_at: datetime
     dead_at: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
 
 def _timeout(name: str, value: object) -> float:

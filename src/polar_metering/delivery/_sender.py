@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from polar_metering._clock import Clock
 from polar_metering._exceptions import RateLimited, RemoteValidationError, redact
+from polar_metering._status import as_dict
 from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._policy import (
     Failure,
@@ -92,6 +93,10 @@ class DeliveryMetrics:
     commit_lag_p50: float | None
     commit_lag_p99: float | None
     commit_lag_max: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
 
 class Counters:
