@@ -85,7 +85,7 @@ def _clause_value(value: object, where: str) -> ClauseValue:
     if isinstance(value, str):
         if len(value) > _MAX_FILTER_STRING:
             raise ConfigurationError(
-                f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters"
+                f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters, got {len(value)}"
             )
         _text(value, f"{where}.value")
         return value if type(value) is str else str.__str__(value)
@@ -293,8 +293,9 @@ class Meter:
                 "starting with a letter, at most 64 characters"
             )
         if not isinstance(self.name, str) or len(self.name) < _MIN_METER_NAME:
+            got = f"got {len(self.name)}" if isinstance(self.name, str) else f"got {describe(self.name, 40)}"
             raise ConfigurationError(
-                f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters"
+                f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters, {got}"
             )
         _text(self.name, f"meter {self.slug!r}: name")
         if not isinstance(self.filter, Filter):

@@ -35,7 +35,7 @@ from polar_metering._exceptions import (
     ConfigurationError,
     RemoteValidationError,
 )
-from polar_metering._setup import SetupReport, run_setup
+from polar_metering._setup import OFFLINE, SetupReport, run_setup
 
 __all__ = [
     "EXIT_AUTH",
@@ -67,7 +67,10 @@ def _catalog(source: str | None) -> tuple[Catalog, str]:
 
 
 def _table(report: SetupReport) -> Table:
-    title = f"Polar meters at {report.server}" + (" (dry run)" if report.dry_run else "")
+    if report.server == OFFLINE:
+        title = "Catalog meters (dry run offline: Polar not asked)"
+    else:
+        title = f"Polar meters at {report.server}" + (" (dry run)" if report.dry_run else "")
     table = Table(title=escape(title))
     for column in ("meter", "name", "status", "polar id"):
         table.add_column(column)
@@ -78,6 +81,8 @@ def _table(report: SetupReport) -> Table:
 
 def _print_report(console: Console, report: SetupReport) -> None:
     console.print(_table(report))
+    for note in report.notes:
+        console.print(escape(note), highlight=False)
     for r in report.drift:
         console.print(
             f"[yellow]drift:[/] Polar's meter {escape(repr(r.name))} counts differently from the catalog's "

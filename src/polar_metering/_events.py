@@ -323,7 +323,9 @@ def validate_value(value: object, field: str) -> MetadataValue:
     if isinstance(value, str):
         value = _plain_str(value)
         if not 0 < len(value) <= MAX_METADATA_STRING:
-            raise ValidationError(field, f"strings must be 1 to {MAX_METADATA_STRING} characters", value)
+            raise ValidationError(
+                field, f"strings must be 1 to {MAX_METADATA_STRING} characters, got {len(value)}", value
+            )
         _check_str(value, field)
         return value
     if isinstance(value, int):
@@ -427,7 +429,7 @@ def validate_event(
         if not name:
             raise ValidationError("name", "must be a non-empty string", name)
         if len(name) > MAX_NAME:
-            raise ValidationError("name", f"must be at most {MAX_NAME} characters", name)
+            raise ValidationError("name", f"must be at most {MAX_NAME} characters, got {len(name)}", name)
         _check_str(name, "name")
     clean = validate_metadata(metadata)
     ts = now if timestamp is None else parse_timestamp(timestamp, now=now)

@@ -47,12 +47,19 @@ __all__ = [
     "redact",
 ]
 
-# Polar tokens start with polar_oat_/polar_pat_/polar_at_ and similar prefixes; bearer headers carry
-# any token. Both are masked wherever driver text reaches our messages or logs.
+# Polar tokens start with polar_oat_/polar_pat_/polar_at_ and similar prefixes; bearer headers and
+# access_token pairs carry any token. Those values are masked wherever driver text reaches our
+# messages or logs. Prose is not: "POLAR_ACCESS_TOKEN is an organization token" and "access_token: a
+# token is required" keep their words. So after ``access_token`` a value counts when it follows "="
+# or a quoted key's ":" (query strings, forms, JSON, reprs), and after a bare "access_token:" only
+# when it looks like a credential (a digit in it, or 16+ token characters).
+_TOKEN_CHARS = r"[A-Za-z0-9._\-~+/=]"
 _TOKEN_PATTERNS = (
     re.compile(r"polar_[a-z]{2,4}_[A-Za-z0-9_\-]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=]+"),
-    re.compile(r"(?i)(access_token[\"'=:\s]+)[A-Za-z0-9._\-~+/=]+"),
+    re.compile(rf"(?i)(bearer\s+){_TOKEN_CHARS}+"),
+    re.compile(rf"(?i)(access_token[\"']?\s*=\s*[\"']?){_TOKEN_CHARS}+"),
+    re.compile(rf"(?i)(access_token[\"']\s*:\s*[\"']?){_TOKEN_CHARS}+"),
+    re.compile(rf"(?i)(access_token:\s*)(?:(?={_TOKEN_CHARS}*\d){_TOKEN_CHARS}+|{_TOKEN_CHARS}{{16,}})"),
 )
 
 

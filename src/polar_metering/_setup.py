@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["MeterResult", "SetupReport", "run_setup"]
 
 Status = Literal["created", "would_create", "exists", "drift", "error"]
+#: ``SetupReport.server`` of a dry run made without a token (Polar was not contacted)
+OFFLINE = "offline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,9 @@ def run_setup(
     use its catalog and Polar settings; on the embedded engine there is nothing to do, since the
     engine keeps its meters in step with the catalog when it opens.
 
+    A dry run with no token at all works offline: it lists every catalog meter as one it would
+    create, without contacting Polar.
+
     Raises :class:`ConfigurationError` (no token, bad catalog), :class:`AuthenticationError` (token
     rejected) or :class:`BackendUnavailable` (Polar unreachable). A meter Polar refuses (422) is
     reported in ``errors`` and the other meters still go ahead.
@@ -211,8 +216,29 @@ def run_setup(
             )
     else:
         cat = load_catalog(catalog)
-    settings = _settings_from(client, access_token, environment, base_url, os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    if dry_run and client is None and not (access_token or environ.get("POLAR_ACCESS_TOKEN")):
+        return _offline_plan(cat)
+    settings = _settings_from(client, access_token, environment, base_url, environ)
     return _run(cat, settings, dry_run)
+
+
+def _offline_plan(catalog: Catalog) -> SetupReport:
+    """A dry run with no token: what the catalog defines, every meter as it would be created.
+
+    Nothing is sent anywhere (and ``polar-sdk`` is not needed), so a catalog can be reviewed before
+    any Polar account exists; with a token, the dry run asks Polar what it already has.
+    """
+    return SetupReport(
+        tuple(MeterResult(m.slug, m.name, "would_create") for m in catalog.meters),
+        server=OFFLINE,
+        dry_run=True,
+        notes=(
+            "offline: without POLAR_ACCESS_TOKEN Polar was not asked which meters exist; "
+            "this is every meter the catalog would create",
+        ),
+        warnings=tuple(check_meters(catalog)),
+    )
 
 
 def _run(catalog: Catalog, settings: PolarSettings, dry_run: bool) -> SetupReport:

@@ -166,6 +166,11 @@ def resolve_settings(
     elif base_url:
         base = _check_base_url(base_url, "base_url / POLAR_BASE_URL")
     if not isinstance(access_token, str) or not access_token.strip():
+        if base is not None:
+            raise ConfigurationError(
+                f"access_token: the server at {base} (base_url / POLAR_BASE_URL) needs a token; set "
+                f"{ENV_TOKEN} to the one it accepts (for the emulator, its --token)"
+            )
         raise ConfigurationError(
             f"access_token: a Polar organization access token is required; set {ENV_TOKEN} "
             f"(create one in the Polar dashboard under Settings > Developers, {env} environment)"
@@ -205,6 +210,13 @@ def _raise_mapped(exc: PolarError, action: str, settings: PolarSettings | None) 
     where = f"Polar {settings.environment}" if settings and not settings.base_url else "Polar"
     if settings and settings.base_url:
         where = f"Polar at {settings.base_url}"
+    # The server the token was actually sent to: production, the sandbox, or POLAR_BASE_URL's.
+    if settings is None:
+        token_for = "the Polar environment you meant"
+    elif settings.base_url:
+        token_for = f"the server at {settings.base_url} (base_url / POLAR_BASE_URL)"
+    else:
+        token_for = f"Polar {settings.environment} ({settings.server})"
     # PolarRateLimitError subclasses PolarClientError, so it is matched first (§5.3).
     if isinstance(exc, PolarRateLimitError):
         wait = f"; retry after {exc.retry_after} s" if exc.retry_after is not None else ""
@@ -224,7 +236,7 @@ def _raise_mapped(exc: PolarError, action: str, settings: PolarSettings | None) 
             problem = "rejected the access token" if status == 401 else "refused: the token lacks a scope"
             raise AuthenticationError(
                 f"{action}: {where} {problem} ({status}); check {ENV_TOKEN} is an organization token "
-                f"for the {settings.environment if settings else 'right'} environment",
+                f"for {token_for}",
                 status_code=status,
             ) from exc
         if status == 404:
