@@ -4,6 +4,7 @@
 
     MeteringError
      ├── ConfigurationError            bad option, unknown backend URL, malformed meter or plan
+     │    └── NoCurrentCustomer        a call needed the current customer and none is set
      ├── ValidationError               one input broke a rule; ``.field`` and ``.rule`` say which
      │    └── BatchValidationError     several events broke rules; ``.errors`` lists (index, ValidationError)
      ├── UsageLimitExceeded            an action would go past a customer's limit; ``.status`` explains
@@ -37,6 +38,7 @@ __all__ = [
     "BatchValidationError",
     "ConfigurationError",
     "MeteringError",
+    "NoCurrentCustomer",
     "NotFound",
     "OutboxError",
     "RateLimited",
@@ -79,6 +81,12 @@ class MeteringError(Exception):
 
 class ConfigurationError(MeteringError):
     """An option, URL, meter or plan is wrong. The message names it and the rule it breaks."""
+
+
+class NoCurrentCustomer(ConfigurationError):
+    """A call that reads the current customer (``check_current_limit``, ``with_usage_limit`` without
+    ``customer_id``...) ran where none is set: outside ``current_customer(...)``, or in an anonymous
+    request. The framework integrations answer it with 401 when the request had no customer."""
 
 
 class ValidationError(MeteringError, ValueError):
