@@ -12,7 +12,8 @@ Exit codes (stable, for scripts and CI):
 ====  ==========================================================================================
 
 Drift does not fail the command by default: Polar locks a meter's filter and aggregation once it
-has aggregated events (§2.4), so some drift cannot be fixed, and a deploy step that runs ``setup``
+has aggregated events (server/polar/meter/service.py), so some drift cannot be fixed, and a deploy step that
+runs ``setup``
 must not break forever on it. ``--strict`` makes it fail for pipelines that want it to.
 
 The token is read from ``POLAR_ACCESS_TOKEN`` only: a ``--token`` option would leave it in shell

@@ -401,7 +401,7 @@ class _Core:
         )
 
     def failed(self, exc: BaseException, events: list[Event]) -> TrackingResult:
-        # Never raise into the caller for backend trouble (DESIGN §3); say what happened instead.
+        # Never raise into the caller for backend trouble (docs/delivery.md); say what happened instead.
         # A failing store fails every call: one log line per interval, not one per request.
         held = self._failure_log.ready()
         if held is not None:
@@ -482,7 +482,8 @@ class _Core:
         from polar_metering.backends._engine.polar_surface import bucket_start
 
         first = bucket_start(first, str(interval), ZoneInfo("UTC"))
-        # Polar's range limits per interval (§2.6), so a dashboard query here also works against Polar.
+        # Polar's range limits per interval (server/polar/kit/time_queries.py), so a dashboard query here
+        # also works against Polar.
         if (last - first).days > _MAX_RANGE_DAYS[str(interval)]:
             raise ValidationError(
                 "start",

@@ -3,9 +3,10 @@
 - Lists every non-archived meter of the organization (all pages).
 - Creates each catalog meter Polar lacks, matched by name, with the body of ``Meter.to_polar()``:
   name, unit, filter, aggregation, and never ``organization_id`` (an organization token forbids it,
-  §1.5).
+  server/polar/event/service.py).
 - Reports drift — a meter with the catalog's name but another filter or aggregation — without
-  touching it: Polar locks both once the meter has aggregated events (§2.4), and changing what a
+  touching it: Polar locks both once the meter has aggregated events (server/polar/meter/service.py), and
+  changing what a
   live meter counts is a billing decision for a person, not a script.
 
 Running it twice creates nothing the second time.

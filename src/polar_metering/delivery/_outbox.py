@@ -154,7 +154,7 @@ def _encode(index: int, event: object, max_bytes: int) -> tuple[str, bytes]:
         if not isinstance(raw, str) or not raw:
             raise ValidationError(
                 f"events[{index}].external_id",
-                "must be a non-empty string fixed at track time (Polar deduplicates resends by it, §1.3)",
+                "must be a non-empty string fixed at track time (Polar deduplicates resends by it)",
                 raw,
             )
         eid = raw

@@ -41,8 +41,10 @@ _REAP_INTERVAL = 2.0
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """Polar's answer to one ingest request (§1.1): events newly stored, and events skipped because
-    their ``external_id`` was already known (§1.3) — which after a resend is success, not loss."""
+    """Polar's answer to one ingest request (server/polar/event/endpoints.py): events newly stored, and
+    events skipped because
+    their ``external_id`` was already known (server/polar/event/repository.py) — which after a resend is
+    success, not loss."""
 
     inserted: int
     duplicates: int = 0
@@ -57,12 +59,13 @@ class Transport(Protocol):
     sender threads, up to ``max_in_flight`` calls at once (each with its own batch), so it must be
     thread-safe. Failures are raised as the library's exceptions:
 
-    - :class:`RateLimited` for 429, with ``retry_after`` from the header (§5.1);
+    - :class:`RateLimited` for 429, with ``retry_after`` from the header (server/polar/rate_limit.py);
     - :class:`BackendUnavailable` for 5xx, network errors and timeouts;
     - :class:`RemoteValidationError` for 422 with ``detail`` as Polar sent it
-      (``loc == ["body", "events", i, ...]``, §1.2, §1.5);
+      (``loc == ["body", "events", i, ...]``, server/polar/event/service.py);
     - :class:`AuthenticationError` for 401/403;
-    - :class:`BackendError` with ``status_code=413`` when the body was too large (§1.1).
+    - :class:`BackendError` with ``status_code=413`` when the body was too large
+    (server/polar/middlewares.py).
 
     Anything else counts as a refusal: retried, and dead-lettered after ``max_rejections``.
     """

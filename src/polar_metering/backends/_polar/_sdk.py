@@ -38,7 +38,7 @@ try:
     )
 
     # The Polar API version this library speaks. Change it here and nowhere else: the event, meter
-    # and customer-meter shapes are identical across the SDK's version modules (§5.3).
+    # and customer-meter shapes are identical across the SDK's version modules (polar-sdk polar/base.py).
     from polar.v2026_10 import Polar
     from polar.v2026_10.errors import HTTPValidationError
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra installed
@@ -59,7 +59,7 @@ __all__ = [
 #: the ``Polar-Version`` header value the pinned SDK module sends
 API_VERSION: str = Polar.version
 ENV_TOKEN = "POLAR_ACCESS_TOKEN"
-#: the SDK's own default (§5.3); a limit check must not hang longer than this
+#: the SDK's own default (polar-sdk polar/base.py); a limit check must not hang longer than this
 DEFAULT_TIMEOUT = 5.0
 _SERVERS = {"production": "https://api.polar.sh", "sandbox": "https://sandbox-api.polar.sh"}
 _URL_OPTIONS = frozenset({"base_url", "timeout", "no_credits"})
@@ -217,7 +217,7 @@ def _raise_mapped(exc: PolarError, action: str, settings: PolarSettings | None) 
         token_for = f"the server at {settings.base_url} (base_url / POLAR_BASE_URL)"
     else:
         token_for = f"Polar {settings.environment} ({settings.server})"
-    # PolarRateLimitError subclasses PolarClientError, so it is matched first (§5.3).
+    # PolarRateLimitError subclasses PolarClientError, so it is matched first (polar-sdk polar/base.py).
     if isinstance(exc, PolarRateLimitError):
         wait = f"; retry after {exc.retry_after} s" if exc.retry_after is not None else ""
         raise RateLimited(
@@ -283,7 +283,8 @@ def polar_errors(action: str, settings: PolarSettings | None = None) -> Iterator
     except ValueError as exc:
         if isinstance(exc, MeteringError):
             raise
-        # §5.3: the SDK lets two response problems out unwrapped: int() of a date-form Retry-After,
+        # polar-sdk polar/base.py: the SDK lets two response problems out unwrapped: int() of a date-form
+        # Retry-After,
         # and a non-JSON body on an error status it maps. Both mean an answer we cannot read.
         secret = settings.access_token if settings else None
         raise BackendUnavailable(redact(f"{action}: unreadable response from Polar: {exc}", secret)) from exc
