@@ -285,9 +285,10 @@ class _Core:
         status_code: object,
         duration_ms: object,
     ) -> Event:
-        given = {"method": method, "status_code": status_code, "duration_ms": duration_ms}
-        given = _merge_options(options, _API_OPTIONS, given, "track_api_request")
-        method, status_code, duration_ms = given["method"], given["status_code"], given["duration_ms"]
+        if options is not None:  # the seed's options object; the common keyword call skips this
+            given = {"method": method, "status_code": status_code, "duration_ms": duration_ms}
+            given = _merge_options(options, _API_OPTIONS, given, "track_api_request")
+            method, status_code, duration_ms = given["method"], given["status_code"], given["duration_ms"]
         md: dict[str, MetadataValue] = {
             "endpoint": _require_str(endpoint, "endpoint"),
             "method": "GET" if method is None else _require_str(method, "method").upper(),
@@ -315,8 +316,9 @@ class _Core:
     def ai_tokens(
         self, customer_id: object, tokens: object, options: object, model: object, type_: object
     ) -> Event:
-        given = _merge_options(options, _AI_OPTIONS, {"model": model, "type": type_}, "track_ai_tokens")
-        model, type_ = given["model"], given["type"]
+        if options is not None:
+            given = _merge_options(options, _AI_OPTIONS, {"model": model, "type": type_}, "track_ai_tokens")
+            model, type_ = given["model"], given["type"]
         md: dict[str, MetadataValue] = {"tokens": _require_number(tokens, "tokens", integral=True)}
         if model is not None:
             md["model"] = _require_str(model, "model")
