@@ -59,6 +59,7 @@ from polar_metering._exceptions import (
     BatchValidationError,
     ConfigurationError,
     MeteringError,
+    NoCurrentCustomer,
     NotFound,
     OutboxError,
     RateLimited,
@@ -68,7 +69,7 @@ from polar_metering._exceptions import (
     ValidationError,
 )
 from polar_metering._setup import MeterResult, SetupReport, run_setup
-from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
+from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus, jsonable
 from polar_metering._version import __version__
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "Metering",
     "MeteringConfig",
     "MeteringError",
+    "NoCurrentCustomer",
     "NotFound",
     "OutboxError",
     "Plan",
@@ -120,6 +122,7 @@ __all__ = [
     "get_client",
     "get_current_customer",
     "init",
+    "jsonable",
     "load_catalog",
     "reserve",
     "reset_current_customer",

@@ -43,6 +43,10 @@ __all__ = [
 
 T = TypeVar("T")
 _default: Metering | None = None
+# A client installed by ``polar_metering.testing.use``: while it is set, ``init()`` returns it and
+# ``shutdown()`` only flushes it, so an app that configures metering at startup (in a lifespan, an
+# app factory) runs on the test's client instead of replacing it.
+_pinned: Metering | None = None
 _lock = threading.Lock()
 _atexit_registered = False
 
@@ -60,8 +64,14 @@ def init(
     ``url`` selects the backend (``sqlite:///metering.db`` by default, or ``METERING_URL``);
     ``meters``/``catalog`` define the meters (the four defaults otherwise); ``plans`` the local plans.
     Other keyword options are those of :class:`MeteringConfig`.
+
+    While a test has installed a client with ``polar_metering.testing.use`` (or the pytest plugin's
+    ``metering`` fixture), ``init()`` changes nothing and returns that client.
     """
     global _default, _atexit_registered
+    pinned = _pinned
+    if pinned is not None:
+        return pinned
     client = Metering(url, meters=meters, plans=plans, catalog=catalog, **options)
     with _lock:
         previous, _default = _default, client
@@ -91,13 +101,33 @@ def get_client() -> Metering:
 
 
 def shutdown(timeout: float | None = None) -> None:
-    """Flush and close the default client, if any."""
+    """Flush and close the default client, if any (a client installed by ``testing.use`` is only
+    flushed: the test that installed it closes it)."""
     global _default
     timeout = check_timeout(timeout)  # before the client is let go, so a bad value closes nothing
+    pinned = _pinned
+    if pinned is not None:
+        pinned.flush(timeout)
+        return
     with _lock:
         client, _default = _default, None
     if client is not None:
         client.close(timeout)
+
+
+def _install(client: Metering | None) -> tuple[Metering | None, Metering | None]:
+    """Make ``client`` the default and pin it (``None``: unpin); returns the previous (default, pinned)."""
+    global _default, _pinned
+    with _lock:
+        previous = (_default, _pinned)
+        _default = _pinned = client
+    return previous
+
+
+def _restore(previous: tuple[Metering | None, Metering | None]) -> None:
+    global _default, _pinned
+    with _lock:
+        _default, _pinned = previous
 
 
 def track_usage(
@@ -120,28 +150,30 @@ def track_usage_batch(events: Iterable[Mapping[str, Any] | Event]) -> TrackingRe
 def track_api_request(
     customer_id: str,
     endpoint: str,
+    options: Mapping[str, Any] | None = None,
     *,
-    method: str = "GET",
+    method: str | None = None,
     status_code: int | None = None,
     duration_ms: float | None = None,
 ) -> TrackingResult:
     return get_client().track_api_request(
-        customer_id, endpoint, method=method, status_code=status_code, duration_ms=duration_ms
+        customer_id, endpoint, options, method=method, status_code=status_code, duration_ms=duration_ms
     )
 
 
-def track_storage_update(customer_id: str, size_gb: float, *, operation: str | None = None) -> TrackingResult:
-    return get_client().track_storage_update(customer_id, size_gb, operation=operation)
+def track_storage_update(customer_id: str, size_gb: float, operation: str | None = None) -> TrackingResult:
+    return get_client().track_storage_update(customer_id, size_gb, operation)
 
 
 def track_ai_tokens(
     customer_id: str,
     tokens: int,
+    options: Mapping[str, Any] | None = None,
     *,
     model: str | None = None,
     type: Literal["input", "output", "total"] | None = None,
 ) -> TrackingResult:
-    return get_client().track_ai_tokens(customer_id, tokens, model=model, type=type)
+    return get_client().track_ai_tokens(customer_id, tokens, options, model=model, type=type)
 
 
 def track_llm_usage(
@@ -167,8 +199,8 @@ def track_llm_usage(
     )
 
 
-def track_seat_activity(customer_id: str, user_id: str, *, action: str | None = None) -> TrackingResult:
-    return get_client().track_seat_activity(customer_id, user_id, action=action)
+def track_seat_activity(customer_id: str, user_id: str, action: str | None = None) -> TrackingResult:
+    return get_client().track_seat_activity(customer_id, user_id, action)
 
 
 def check_limit(

@@ -1,6 +1,7 @@
 """Meters, their filters and aggregations, plans, and the catalog that both engines and ``setup`` read.
 
-The filter and aggregation model is Polar's (``reference/polar-api.md`` §2.2, §2.3): nested and/or
+The filter and aggregation model is Polar's (``server/polar/meter/filter.py`` and ``aggregation.py`` in
+polarsource/polar): nested and/or
 clauses with eight operators, and six aggregation functions. Everything here is validated when it is
 built, so a malformed meter fails at load with a message naming the meter and the field.
 """
@@ -45,8 +46,9 @@ _OPERATORS: frozenset[str] = frozenset(get_args(FilterOperator))
 _FUNCS: frozenset[str] = frozenset(get_args(AggregationFunc))
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _INT32 = (-(2**31), 2**31 - 1)
-_MAX_FILTER_STRING = 1000  # Polar: a clause's string value is at most 1000 characters (§2.2)
-_MIN_METER_NAME = 3  # Polar: MeterCreate.name has min length 3 (§2.2)
+# Polar: a clause's string value is at most 1000 characters (server/polar/meter/schemas.py)
+_MAX_FILTER_STRING = 1000
+_MIN_METER_NAME = 3  # Polar: MeterCreate.name has min length 3 (server/polar/meter/schemas.py)
 # Filters nest far less than this in practice; a bound keeps every walk over a filter (encoding,
 # compiling, comparing) well inside Python's recursion limit.
 MAX_FILTER_DEPTH = 100
@@ -62,12 +64,13 @@ def _text(value: object, where: str) -> None:
 
 def normalize_property(prop: str) -> str:
     """Strip Polar's optional ``metadata.`` prefix: ``metadata.size_gb`` and ``size_gb`` are one key
-    (§2.3)."""
+    (server/polar/meter/filter.py)."""
     return prop[len("metadata.") :] if prop.startswith("metadata.") else prop
 
 
 def _clause_value(value: object, where: str) -> ClauseValue:
-    # §2.2: string (<= 1000 chars), signed 32-bit int, or bool. 2.0 is coerced to 2; 2.5 is rejected.
+    # server/polar/meter/schemas.py: string (<= 1000 chars), signed 32-bit int, or bool. 2.0 is coerced to 2;
+    # 2.5 is rejected.
     if isinstance(value, bool):
         return value
     if isinstance(value, float):
@@ -85,7 +88,7 @@ def _clause_value(value: object, where: str) -> ClauseValue:
     if isinstance(value, str):
         if len(value) > _MAX_FILTER_STRING:
             raise ConfigurationError(
-                f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters"
+                f"{where}.value: strings must be at most {_MAX_FILTER_STRING} characters, got {len(value)}"
             )
         _text(value, f"{where}.value")
         return value if type(value) is str else str.__str__(value)
@@ -253,7 +256,7 @@ class Aggregation:
         return cls("unique", prop)
 
     def to_polar(self) -> dict[str, Any]:
-        # §2.2: always send func, even where the SDK marks it optional.
+        # server/polar/meter/schemas.py: always send func, even where the SDK marks it optional.
         if self.func == "count":
             return {"func": "count"}
         return {"func": self.func, "property": self.property}
@@ -293,8 +296,9 @@ class Meter:
                 "starting with a letter, at most 64 characters"
             )
         if not isinstance(self.name, str) or len(self.name) < _MIN_METER_NAME:
+            got = f"got {len(self.name)}" if isinstance(self.name, str) else f"got {describe(self.name, 40)}"
             raise ConfigurationError(
-                f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters"
+                f"meter {self.slug!r}: name must be at least {_MIN_METER_NAME} characters, {got}"
             )
         _text(self.name, f"meter {self.slug!r}: name")
         if not isinstance(self.filter, Filter):
@@ -382,10 +386,11 @@ class Meter:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Credits per meter for each billing period of the local engine (Polar grants these through a
-    meter-credit benefit, §4.2). Meters a plan does not name have no limit.
+    meter-credit benefit, server/polar/benefit/strategies/meter_credit/service.py). Meters a plan does not
+    name have no limit.
 
     With ``rollover`` the unused credit of a period carries into the next (Polar's rollover formula,
-    §4.2: ``max(0, min(credited - used, credited))``).
+    server/polar/customer_meter/service.py: ``max(0, min(credited - used, credited))``).
     """
 
     name: str

@@ -29,9 +29,13 @@ def _build_app() -> Any:
     console = Console()
 
     def fmt(value: float | None) -> str:
+        from polar_metering._status import _fmt
+
         if value is None:
             return "-"
-        return str(int(value)) if value == int(value) else f"{value:.2f}"
+        if value != value or abs(value) >= 1e15 or value == int(value):  # NaN, huge, or whole
+            return _fmt(value)
+        return f"{value:.2f}"
 
     def usage_table(title: str, rows: dict[str, dict[str, UsageStatus]]) -> Table:
         table = Table(title=title)
@@ -95,26 +99,63 @@ def _build_app() -> Any:
     return app
 
 
+# The extra each command needs beyond ``cli``, and the modules that extra brings. A command whose
+# extra is missing is still listed, and answers any arguments, --help included, with one line
+# naming the extra (never a traceback, never "No such option").
+_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dashboard": ("dashboard", ("starlette", "uvicorn", "jinja2")),
+    "emulator": ("emulator", ("starlette", "uvicorn", "pydantic", "polar", "httpx")),
+    "outbox": ("polar", ("polar", "httpx")),
+}
+
+
+def _missing_extra(name: str) -> str | None:
+    """The extra ``name`` needs and lacks, or ``None``."""
+    import importlib.util
+
+    extra, modules = _EXTRAS.get(name, (None, ()))
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return extra
+    return None
+
+
+def needs_extra_line(name: str, extra: str) -> str:
+    return f"polar-metering {name} needs the {extra} extra: pip install 'polar-metering[{extra}]'"
+
+
+def _add_placeholder(app: Any, name: str, help_text: str, extra: str) -> None:
+    import typer
+
+    line = needs_extra_line(name, extra)
+
+    @app.command(  # type: ignore[untyped-decorator, unused-ignore]
+        name=name,
+        help=f"{help_text} (needs the {extra} extra)",
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def _missing() -> None:
+        typer.echo(line, err=True)
+        raise typer.Exit(4)
+
+
 def _add_optional(app: Any, module: str, name: str, help_text: str) -> None:
     """Mount a sub-command from ``module`` (a Typer app named ``app`` or a command function ``name``)."""
     import importlib
 
+    extra = _missing_extra(name)
+    if extra is not None:
+        _add_placeholder(app, name, help_text, extra)
+        return
     try:
         mod = importlib.import_module(module)
-    except ImportError as e:
-        missing = e.name or module
-
-        @app.command(name=name, help=help_text)  # type: ignore[untyped-decorator, unused-ignore]
-        def _missing() -> None:
-            import typer
-
-            typer.echo(
-                f"'{name}' is unavailable: {missing} could not be imported; "
-                "pip install 'polar-metering[all]'",
-                err=True,
-            )
-            raise typer.Exit(4)
-
+    except ImportError:
+        _add_placeholder(app, name, help_text, _EXTRAS.get(name, ("all", ()))[0])
         return
     sub = getattr(mod, "app", None)
     if sub is not None:

@@ -12,7 +12,8 @@ Exit codes (stable, for scripts and CI):
 ====  ==========================================================================================
 
 Drift does not fail the command by default: Polar locks a meter's filter and aggregation once it
-has aggregated events (§2.4), so some drift cannot be fixed, and a deploy step that runs ``setup``
+has aggregated events (server/polar/meter/service.py), so some drift cannot be fixed, and a deploy step that
+runs ``setup``
 must not break forever on it. ``--strict`` makes it fail for pipelines that want it to.
 
 The token is read from ``POLAR_ACCESS_TOKEN`` only: a ``--token`` option would leave it in shell
@@ -35,7 +36,7 @@ from polar_metering._exceptions import (
     ConfigurationError,
     RemoteValidationError,
 )
-from polar_metering._setup import SetupReport, run_setup
+from polar_metering._setup import OFFLINE, SetupReport, run_setup
 
 __all__ = [
     "EXIT_AUTH",
@@ -67,7 +68,10 @@ def _catalog(source: str | None) -> tuple[Catalog, str]:
 
 
 def _table(report: SetupReport) -> Table:
-    title = f"Polar meters at {report.server}" + (" (dry run)" if report.dry_run else "")
+    if report.server == OFFLINE:
+        title = "Catalog meters (dry run offline: Polar not asked)"
+    else:
+        title = f"Polar meters at {report.server}" + (" (dry run)" if report.dry_run else "")
     table = Table(title=escape(title))
     for column in ("meter", "name", "status", "polar id"):
         table.add_column(column)
@@ -78,6 +82,8 @@ def _table(report: SetupReport) -> Table:
 
 def _print_report(console: Console, report: SetupReport) -> None:
     console.print(_table(report))
+    for note in report.notes:
+        console.print(escape(note), highlight=False)
     for r in report.drift:
         console.print(
             f"[yellow]drift:[/] Polar's meter {escape(repr(r.name))} counts differently from the catalog's "

@@ -70,22 +70,20 @@ def open_client(url: str | None, catalog: str | None) -> Metering:
 
 
 def _number(value: float | None) -> float | int | None:
-    if value is None:
-        return None
-    return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
+    # History buckets carry no aggregation: a whole quantity reads as one.
+    from polar_metering._status import whole
+
+    return whole(value)
+
+
+_ROW_FIELDS = ("meter", "current", "limit", "remaining", "period_start", "period_end", "allowed")
 
 
 def _row(customer: str | None, status: UsageStatus) -> dict[str, Any]:
+    # The same numbers as every other JSON view of a status (the integrations' 429 body, jsonable()).
+    data = status.to_dict()
     row: dict[str, Any] = {} if customer is None else {"customer": customer}
-    row.update(
-        meter=status.meter,
-        current=_number(status.current),
-        limit=_number(status.limit),
-        remaining=_number(status.remaining),
-        period_start=status.period_start.isoformat() if status.period_start else None,
-        period_end=status.period_end.isoformat() if status.period_end else None,
-        allowed=status.allowed,
-    )
+    row.update((key, data[key]) for key in _ROW_FIELDS)
     return row
 
 

@@ -76,11 +76,84 @@ def _require_number(value: object, field: str, *, integral: bool = False) -> flo
     return check_number(value, field, integral=integral)
 
 
+# The seed guide's options objects, ``trackApiRequest(id, endpoint, {method, statusCode, duration})``
+# and ``trackAiTokens(id, tokens, {model, type})``, ported as a mapping in the third position: each
+# spelling maps to the keyword argument it stands for.
+_API_OPTIONS = {
+    "method": "method",
+    "status_code": "status_code",
+    "statusCode": "status_code",
+    "duration_ms": "duration_ms",
+    "duration": "duration_ms",
+}
+_AI_OPTIONS = {"model": "model", "type": "type"}
+
+
+def _merge_options(
+    options: object, spellings: Mapping[str, str], given: dict[str, object], function: str
+) -> dict[str, object]:
+    """Fold a seed-style options mapping into the keyword arguments ``given`` (None = not given)."""
+    if options is None:
+        return given
+    if not isinstance(options, Mapping):
+        known = ", ".join(dict.fromkeys(spellings.values()))
+        raise ValidationError("options", f"must be a mapping of {function}'s options ({known})", options)
+    merged = dict(given)
+    for key, value in options.items():
+        name = spellings.get(key) if isinstance(key, str) else None
+        if name is None:
+            raise ValidationError(
+                f"options.{printable(key) if isinstance(key, str) else describe(key, 40)}",
+                f"is not an option of {function} (known: {', '.join(spellings)})",
+                None,
+            )
+        if given.get(name) is not None or (merged.get(name) is not None and merged[name] != value):
+            raise ValidationError(f"options.{key}", f"is given twice (as {name}= too)", value)
+        merged[name] = value
+    return merged
+
+
 def check_timeout(timeout: object) -> float | None:
     """``None`` (wait as long as it takes) or a finite number of seconds >= 0."""
     if timeout is None:
         return None
     return float(check_number(timeout, "timeout"))
+
+
+class _AsyncMixup(TypeError):
+    """Async code handed to the sync API (or the other way round); ``with_usage_limit_safe`` lets it
+    through rather than reporting it as a failed action."""
+
+
+def _async_mixup(what: str, fix: str) -> TypeError:
+    return _AsyncMixup(f"{what} is a coroutine function, and this is the sync API: {fix}")
+
+
+def check_sync_action(action: object, function: str) -> None:
+    """Refuse a coroutine function before a sync ``with_usage_limit`` runs it: the call would only
+    make a coroutine nobody awaits, so the action would silently never run."""
+    call = type(action).__call__ if not inspect.isroutine(action) else None  # a callable object
+    if inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(call):
+        raise _async_mixup(
+            f"{function}: the action {_name_of(action)}",
+            f"use `await metering.aio.{function}(...)` (or `await client.aio.{function}(...)`)",
+        )
+
+
+def _sync_result(result: T, action: object, function: str) -> T:
+    """What a sync action returned, unless it was a coroutine (an async callable not caught above)."""
+    if inspect.iscoroutine(result):
+        result.close()  # never started: the action did not run
+        raise _async_mixup(
+            f"{function}: the action {_name_of(action)} returned a coroutine: it",
+            f"use `await metering.aio.{function}(...)` (or `await client.aio.{function}(...)`)",
+        )
+    return result
+
+
+def _name_of(action: object) -> str:
+    name = getattr(action, "__qualname__", None) or type(action).__qualname__
+    return printable(str(name))[:80]
 
 
 class _Throttle:
@@ -204,11 +277,21 @@ class _Core:
         return item[present[0]] if present else None
 
     def api_request(
-        self, customer_id: object, endpoint: object, method: object, status_code: object, duration_ms: object
+        self,
+        customer_id: object,
+        endpoint: object,
+        options: object,
+        method: object,
+        status_code: object,
+        duration_ms: object,
     ) -> Event:
+        if options is not None:  # the seed's options object; the common keyword call skips this
+            given = {"method": method, "status_code": status_code, "duration_ms": duration_ms}
+            given = _merge_options(options, _API_OPTIONS, given, "track_api_request")
+            method, status_code, duration_ms = given["method"], given["status_code"], given["duration_ms"]
         md: dict[str, MetadataValue] = {
             "endpoint": _require_str(endpoint, "endpoint"),
-            "method": _require_str(method, "method").upper(),
+            "method": "GET" if method is None else _require_str(method, "method").upper(),
         }
         if status_code is not None:
             if (
@@ -230,7 +313,12 @@ class _Core:
             md["operation"] = _require_str(operation, "operation")
         return self.event(customer_id, "storage.update", md)
 
-    def ai_tokens(self, customer_id: object, tokens: object, model: object, type_: object) -> Event:
+    def ai_tokens(
+        self, customer_id: object, tokens: object, options: object, model: object, type_: object
+    ) -> Event:
+        if options is not None:
+            given = _merge_options(options, _AI_OPTIONS, {"model": model, "type": type_}, "track_ai_tokens")
+            model, type_ = given["model"], given["type"]
         md: dict[str, MetadataValue] = {"tokens": _require_number(tokens, "tokens", integral=True)}
         if model is not None:
             md["model"] = _require_str(model, "model")
@@ -315,7 +403,7 @@ class _Core:
         )
 
     def failed(self, exc: BaseException, events: list[Event]) -> TrackingResult:
-        # Never raise into the caller for backend trouble (DESIGN §3); say what happened instead.
+        # Never raise into the caller for backend trouble (docs/delivery.md); say what happened instead.
         # A failing store fails every call: one log line per interval, not one per request.
         held = self._failure_log.ready()
         if held is not None:
@@ -396,7 +484,8 @@ class _Core:
         from polar_metering.backends._engine.polar_surface import bucket_start
 
         first = bucket_start(first, str(interval), ZoneInfo("UTC"))
-        # Polar's range limits per interval (§2.6), so a dashboard query here also works against Polar.
+        # Polar's range limits per interval (server/polar/kit/time_queries.py), so a dashboard query here
+        # also works against Polar.
         if (last - first).days > _MAX_RANGE_DAYS[str(interval)]:
             raise ValidationError(
                 "start",
@@ -427,7 +516,15 @@ class _Core:
             raise exc
         logger.warning("polar_metering: limit check for %s failed, allowing (fail-open): %s", meter.slug, exc)
         return UsageStatus(
-            True, 0.0, None, None, f"usage unknown: {exc}", meter=meter.slug, customer=customer, stale=True
+            True,
+            0.0,
+            None,
+            None,
+            f"usage unknown: {exc}",
+            meter=meter.slug,
+            customer=customer,
+            stale=True,
+            aggregation=meter.aggregation.func,
         )
 
     def usage_events(
@@ -575,32 +672,42 @@ class Metering(_Base):
         self,
         customer_id: str,
         endpoint: str,
+        options: Mapping[str, Any] | None = None,
         *,
-        method: str = "GET",
+        method: str | None = None,
         status_code: int | None = None,
         duration_ms: float | None = None,
     ) -> TrackingResult:
-        """Record an ``api.request`` event (counted by the ``api_requests`` meter)."""
+        """Record an ``api.request`` event (counted by the ``api_requests`` meter).
+
+        ``method`` defaults to ``GET``. The seed guide's options object works too, as a mapping in
+        third place: ``track_api_request(id, "/x", {"method": "POST", "statusCode": 200,
+        "duration": 150})`` is ``track_api_request(id, "/x", method="POST", status_code=200,
+        duration_ms=150)``.
+        """
         return self._track_one(
-            lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms)
+            lambda: self._core.api_request(customer_id, endpoint, options, method, status_code, duration_ms)
         )
 
     def track_storage_update(
-        self, customer_id: str, size_gb: float, *, operation: str | None = None
+        self, customer_id: str, size_gb: float, operation: str | None = None
     ) -> TrackingResult:
-        """Record the customer's current storage in GB (``storage_gb`` bills the period's peak)."""
+        """Record the customer's current storage in GB (``storage_gb`` bills the period's peak);
+        ``operation`` (third, as in the seed guide, or by keyword) says what changed it."""
         return self._track_one(lambda: self._core.storage_update(customer_id, size_gb, operation))
 
     def track_ai_tokens(
         self,
         customer_id: str,
         tokens: int,
+        options: Mapping[str, Any] | None = None,
         *,
         model: str | None = None,
         type: Literal["input", "output", "total"] | None = None,
     ) -> TrackingResult:
-        """Record AI tokens used (``ai_tokens`` sums them)."""
-        return self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
+        """Record AI tokens used (``ai_tokens`` sums them). ``type`` is ``"input"``, ``"output"`` or
+        ``"total"``; the seed's ``{model, type}`` options object may be passed third instead."""
+        return self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, options, model, type))
 
     def track_llm_usage(
         self,
@@ -623,9 +730,10 @@ class Metering(_Base):
         )
 
     def track_seat_activity(
-        self, customer_id: str, user_id: str, *, action: str | None = None
+        self, customer_id: str, user_id: str, action: str | None = None
     ) -> TrackingResult:
-        """Record that ``user_id`` was active (``team_seats`` counts distinct users)."""
+        """Record that ``user_id`` was active (``team_seats`` counts distinct users); ``action`` (third,
+        or by keyword) says what they did."""
         return self._track_one(lambda: self._core.seat_activity(customer_id, user_id, action))
 
     # -- limits -----------------------------------------------------------------------------------
@@ -695,16 +803,29 @@ class Metering(_Base):
         take the last units; the action records its own usage (as in the seed guide) and the hold is
         then released.
         """
+        return self._guarded("with_usage_limit", meter, action, args, kwargs, customer_id, amount)
+
+    def _guarded(
+        self,
+        function: str,
+        meter: str,
+        action: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        customer_id: str | None,
+        amount: float | None,
+    ) -> T:
         if not callable(action):
             raise ValidationError("action", "must be callable", action)
+        check_sync_action(action, function)
         customer = customer_id if customer_id is not None else require_current_customer()
         if amount is None:
             status = self.check_limit(customer, meter)
             if not status.allowed:
                 raise UsageLimitExceeded(status, meter=meter, customer=customer)
-            return action(*args, **kwargs)
+            return _sync_result(action(*args, **kwargs), action, function)
         with self.reserve(customer, meter, amount):
-            return action(*args, **kwargs)
+            return _sync_result(action(*args, **kwargs), action, function)
 
     def with_usage_limit_safe(
         self,
@@ -715,13 +836,16 @@ class Metering(_Base):
         amount: float | None = None,
         **kwargs: Any,
     ) -> SafeResult[T]:
-        """Like ``with_usage_limit`` but returns a :class:`SafeResult` instead of raising."""
+        """Like ``with_usage_limit`` but returns a :class:`SafeResult` instead of raising (a coroutine
+        function as ``action`` still raises ``TypeError``: that is a bug to fix, not a refusal)."""
+        if callable(action):
+            check_sync_action(action, "with_usage_limit_safe")
         try:
-            data = self.with_usage_limit(
-                meter, action, *args, customer_id=customer_id, amount=amount, **kwargs
-            )
+            data = self._guarded("with_usage_limit_safe", meter, action, args, kwargs, customer_id, amount)
         except UsageLimitExceeded as e:
             return SafeResult(False, None, e.status.reason, e.status)
+        except _AsyncMixup:
+            raise
         except Exception as e:
             return SafeResult(False, None, f"{type(e).__name__}: {e}")
         return SafeResult(True, data)
@@ -802,6 +926,17 @@ class Reservation:
     def __enter__(self) -> Reservation:
         return self
 
+    async def __aenter__(self) -> Reservation:
+        if self._done is None:
+            self.release()  # the units were held by reserve(); give them back before refusing
+        raise _AsyncMixup(
+            "reserve: `async with` on a sync Reservation; in async code use "
+            "`async with await metering.aio.reserve(...)` (or `await client.aio.reserve(...)`)"
+        )
+
+    async def __aexit__(self, *exc: object) -> None:  # pragma: no cover - __aenter__ always raises
+        return None
+
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -879,17 +1014,18 @@ class AsyncMetering(_Base):
         self,
         customer_id: str,
         endpoint: str,
+        options: Mapping[str, Any] | None = None,
         *,
-        method: str = "GET",
+        method: str | None = None,
         status_code: int | None = None,
         duration_ms: float | None = None,
     ) -> TrackingResult:
         return await self._track_one(
-            lambda: self._core.api_request(customer_id, endpoint, method, status_code, duration_ms)
+            lambda: self._core.api_request(customer_id, endpoint, options, method, status_code, duration_ms)
         )
 
     async def track_storage_update(
-        self, customer_id: str, size_gb: float, *, operation: str | None = None
+        self, customer_id: str, size_gb: float, operation: str | None = None
     ) -> TrackingResult:
         return await self._track_one(lambda: self._core.storage_update(customer_id, size_gb, operation))
 
@@ -897,11 +1033,12 @@ class AsyncMetering(_Base):
         self,
         customer_id: str,
         tokens: int,
+        options: Mapping[str, Any] | None = None,
         *,
         model: str | None = None,
         type: Literal["input", "output", "total"] | None = None,
     ) -> TrackingResult:
-        return await self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, model, type))
+        return await self._track_one(lambda: self._core.ai_tokens(customer_id, tokens, options, model, type))
 
     async def track_llm_usage(
         self,
@@ -922,7 +1059,7 @@ class AsyncMetering(_Base):
         )
 
     async def track_seat_activity(
-        self, customer_id: str, user_id: str, *, action: str | None = None
+        self, customer_id: str, user_id: str, action: str | None = None
     ) -> TrackingResult:
         return await self._track_one(lambda: self._core.seat_activity(customer_id, user_id, action))
 
@@ -1096,6 +1233,17 @@ class AsyncReservation:
 
     async def __aenter__(self) -> AsyncReservation:
         return self
+
+    def __enter__(self) -> AsyncReservation:
+        if self._inner._done is None:
+            self._inner.release()  # the units were held by reserve(); give them back before refusing
+        raise _AsyncMixup(
+            "reserve: plain `with` on an AsyncReservation; use `async with await "
+            "metering.aio.reserve(...)`, or the sync `with metering.reserve(...)` in sync code"
+        )
+
+    def __exit__(self, *exc: object) -> None:  # pragma: no cover - __enter__ always raises
+        return None
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

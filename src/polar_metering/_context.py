@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 from polar_metering._events import check_text
-from polar_metering._exceptions import ConfigurationError, ValidationError
+from polar_metering._exceptions import NoCurrentCustomer, ValidationError
 
 __all__ = ["current_customer", "get_current_customer", "require_current_customer", "set_current_customer"]
 
@@ -27,9 +27,9 @@ def get_current_customer() -> str | None:
 def require_current_customer() -> str:
     customer = _current.get()
     if customer is None:
-        raise ConfigurationError(
+        raise NoCurrentCustomer(
             "current customer: none is set; wrap the call in `with metering.current_customer(id):` "
-            "or install a framework integration that sets it per request"
+            "or install a framework integration that sets it per request (an anonymous request has none)"
         )
     return customer
 

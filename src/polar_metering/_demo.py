@@ -8,6 +8,7 @@ usage resets. Everything runs on a real SQLite file, with a manual clock so the 
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +42,14 @@ class DemoReport:
 
 
 def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None] = print) -> DemoReport:
-    """Run the simulation on ``url`` (a fresh SQLite file in a temp dir by default)."""
+    """Run the simulation on ``url`` (by default a fresh SQLite file in a temporary directory, which
+    is removed when the demo ends)."""
     rng = random.Random(seed)
+    scratch: Path | None = None
     if url is None:
-        url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='polar-metering-demo-')) / 'demo.db'}"
+        scratch = Path(tempfile.mkdtemp(prefix="polar-metering-demo-"))
+        url = f"sqlite:///{scratch / 'demo.db'}"
+    where = "a temporary SQLite file (removed afterwards)" if scratch is not None else url
     clock = ManualClock("2026-11-01T09:00:00+00:00")
     client = Metering(url, plans=DEMO_PLANS, clock=clock)
     events = 0
@@ -52,7 +57,8 @@ def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None
     try:
         for customer, plan in CUSTOMERS.items():
             client.subscribe(customer, plan)
-        say(f"Embedded engine at {url}; customers: " + ", ".join(f"{c} ({p})" for c, p in CUSTOMERS.items()))
+        who = ", ".join(f"{c} ({p})" for c, p in CUSTOMERS.items())
+        say(f"Embedded engine on {where}; customers: {who}")
 
         # A day of traffic: API calls in batches, as a busy app would send them.
         for customer, calls in (("org_acme", 1_500), ("org_globex", 60), ("user_alice", 40)):
@@ -135,3 +141,5 @@ def run_demo(url: str | None = None, *, seed: int = 7, say: Callable[[str], None
         return DemoReport(url, usage, events, blocked, after)
     finally:
         client.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Meter evaluation with Polar's SQL semantics (``reference/polar-api.md`` §6.1, §6.2), in pure Python.
+"""Meter evaluation with Polar's SQL semantics (``server/polar/meter/filter.py``,
+``aggregation.py`` in polarsource/polar), in pure Python.
 
 Polar evaluates filters two ways: in SQL for balances and quantities, in Python for billing. Where
 they differ, this module follows the SQL path, because balances are what limits are checked against:
@@ -121,7 +122,8 @@ def _compile_clause(clause: FilterClause) -> Matcher:
         negate = op == "not_like"
         if prop in _COLUMNS:
             idx = _COLUMNS.index(prop)
-            # §6.1: a clause value of the wrong type for the column (not str for name/source, not int
+            # server/polar/meter/filter.py: a clause value of the wrong type for the column (not str for
+            # name/source, not int
             # for timestamp) makes the clause false, like included. Polar's check is isinstance(v, int),
             # which lets a bool through: timestamp like True searches "t" in the epoch text.
             if not isinstance(expected, int if prop == "timestamp" else str):
@@ -175,7 +177,8 @@ def compile_filter(flt: Filter) -> Matcher:
     """Compile ``flt`` into a function of (name, source, timestamp_seconds, metadata)."""
     parts = [compile_filter(c) if isinstance(c, Filter) else _compile_clause(c) for c in flt.clauses]
     if not parts:
-        return lambda n, s, t, m: True  # §6.1: zero clauses match everything, for and and or alike
+        # server/polar/meter/filter.py: zero clauses match everything, for and and or alike
+        return lambda n, s, t, m: True
     if len(parts) == 1:
         return parts[0]
     if flt.conjunction == "and":
@@ -184,7 +187,8 @@ def compile_filter(flt: Filter) -> Matcher:
 
 
 def compile_value_reader(agg: Aggregation) -> ValueReader:
-    """The number an aggregation reads from a matching event (§6.2): only JSON numbers count;
+    """The number an aggregation reads from a matching event (server/polar/meter/aggregation.py): only JSON
+    numbers count;
     strings, booleans and missing keys are skipped, never read as 0. ``timestamp`` reads the epoch
     seconds; ``name`` and ``source`` never give a number."""
     prop = agg.property
@@ -207,7 +211,7 @@ def compile_value_reader(agg: Aggregation) -> ValueReader:
 
 def unique_key(value: Any) -> str | None:
     """A key for ``COUNT(DISTINCT jsonb)``: ``"1"`` and ``1`` differ, ``1`` and ``1.0`` are one value,
-    and null or missing values are not counted (§6.2)."""
+    and null or missing values are not counted (server/polar/meter/aggregation.py)."""
     if value is _MISSING or value is None:
         return None
     kind = type(value)
@@ -237,6 +241,6 @@ def _unique_canonical(value: Any) -> Any:
 
 def unique_reader(agg: Aggregation) -> Callable[[Mapping[str, Any]], str | None]:
     """The distinct-value key a ``unique`` meter takes from an event. ``unique`` always reads
-    metadata, even for ``name`` (§2.3)."""
+    metadata, even for ``name`` (server/polar/meter/filter.py)."""
     prop = agg.property or ""
     return lambda m: unique_key(lookup(m, prop))

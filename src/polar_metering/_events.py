@@ -1,4 +1,5 @@
-"""Events and their validation by Polar's ingest rules (``reference/polar-api.md`` §1.2, §1.6).
+"""Events and their validation by Polar's ingest rules (``server/polar/event/schemas.py`` in
+polarsource/polar).
 
 Validation is pure and cheap: it runs on the caller's thread for every tracked event, so the hot path
 is a handful of type checks. Each failure is a :class:`ValidationError` naming the field and the rule.
@@ -44,8 +45,8 @@ MetadataValue: TypeAlias = str | int | float | bool
 MeterSlug: TypeAlias = str
 EventName: TypeAlias = str
 
-MAX_NAME = 128  # §1.2: String(128) column
-MAX_METADATA_STRING = 500  # §1.6
+MAX_NAME = 128  # server/polar/event/schemas.py: String(128) column
+MAX_METADATA_STRING = 500  # server/polar/event/schemas.py
 # Polar casts metadata numbers to double precision wherever a meter filters or aggregates them
 # (``as_float()`` in server/polar/meter/filter.py and server/polar/meter/aggregation.py at c6c3645),
 # and the engine reads them as Python floats. An integer beyond the double range would be accepted at
@@ -55,7 +56,8 @@ INT_MAX = int(sys.float_info.max)
 SURROGATE_RULE = "must be valid Unicode text (no lone surrogates)"
 NUL_RULE = "must not contain NUL characters"
 INT_RULE = "integers must be within the range of a double (about ±1.8e308), which Polar aggregates"
-_COST_MAX_PLACES = 12  # §1.6: Decimal(max_digits=17, decimal_places=12) -> at most 5 whole digits
+# server/polar/event/schemas.py: Decimal(max_digits=17, decimal_places=12) -> at most 5 whole digits
+_COST_MAX_PLACES = 12
 _COST_MAX_WHOLE = 5
 _LLM_INT_KEYS = ("input_tokens", "output_tokens", "total_tokens")
 _LLM_KEYS = {
@@ -211,7 +213,8 @@ def _check_int(value: int, field: str) -> None:
 
 
 def _cost_digits(dec: Decimal) -> tuple[int, int]:
-    # §1.6 counts digits as pydantic does: on the normalized value, so trailing zeros are free
+    # server/polar/event/schemas.py counts digits as pydantic does: on the normalized value, so trailing
+    # zeros are free
     # ("1.0000000000000" passes) and an exponent adds whole digits ("1e16" has 17).
     _, digits, exponent = dec.normalize().as_tuple()
     if not isinstance(exponent, int):  # pragma: no cover - callers pass finite values only
@@ -323,7 +326,9 @@ def validate_value(value: object, field: str) -> MetadataValue:
     if isinstance(value, str):
         value = _plain_str(value)
         if not 0 < len(value) <= MAX_METADATA_STRING:
-            raise ValidationError(field, f"strings must be 1 to {MAX_METADATA_STRING} characters", value)
+            raise ValidationError(
+                field, f"strings must be 1 to {MAX_METADATA_STRING} characters, got {len(value)}", value
+            )
         _check_str(value, field)
         return value
     if isinstance(value, int):
@@ -369,7 +374,8 @@ def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, An
         where = f"{field}.{printable(key)}"
         _check_str(key, where)
         if key == "_cost":
-            # §1.6: the reserved keys hold their structure or nothing; a primitive there is rejected.
+            # server/polar/event/schemas.py: the reserved keys hold their structure or nothing; a primitive
+            # there is rejected.
             out[key] = _validate_cost(value, where)
         elif key == "_llm":
             out[key] = _validate_llm(value, where)
@@ -427,7 +433,7 @@ def validate_event(
         if not name:
             raise ValidationError("name", "must be a non-empty string", name)
         if len(name) > MAX_NAME:
-            raise ValidationError("name", f"must be at most {MAX_NAME} characters", name)
+            raise ValidationError("name", f"must be at most {MAX_NAME} characters, got {len(name)}", name)
         _check_str(name, "name")
     clean = validate_metadata(metadata)
     ts = now if timestamp is None else parse_timestamp(timestamp, now=now)

@@ -4,6 +4,7 @@
 
     MeteringError
      ├── ConfigurationError            bad option, unknown backend URL, malformed meter or plan
+     │    └── NoCurrentCustomer        a call needed the current customer and none is set
      ├── ValidationError               one input broke a rule; ``.field`` and ``.rule`` say which
      │    └── BatchValidationError     several events broke rules; ``.errors`` lists (index, ValidationError)
      ├── UsageLimitExceeded            an action would go past a customer's limit; ``.status`` explains
@@ -37,6 +38,7 @@ __all__ = [
     "BatchValidationError",
     "ConfigurationError",
     "MeteringError",
+    "NoCurrentCustomer",
     "NotFound",
     "OutboxError",
     "RateLimited",
@@ -47,12 +49,19 @@ __all__ = [
     "redact",
 ]
 
-# Polar tokens start with polar_oat_/polar_pat_/polar_at_ and similar prefixes; bearer headers carry
-# any token. Both are masked wherever driver text reaches our messages or logs.
+# Polar tokens start with polar_oat_/polar_pat_/polar_at_ and similar prefixes; bearer headers and
+# access_token pairs carry any token. Those values are masked wherever driver text reaches our
+# messages or logs. Prose is not: "POLAR_ACCESS_TOKEN is an organization token" and "access_token: a
+# token is required" keep their words. So after ``access_token`` a value counts when it follows "="
+# or a quoted key's ":" (query strings, forms, JSON, reprs), and after a bare "access_token:" only
+# when it looks like a credential (a digit in it, or 16+ token characters).
+_TOKEN_CHARS = r"[A-Za-z0-9._\-~+/=]"
 _TOKEN_PATTERNS = (
     re.compile(r"polar_[a-z]{2,4}_[A-Za-z0-9_\-]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=]+"),
-    re.compile(r"(?i)(access_token[\"'=:\s]+)[A-Za-z0-9._\-~+/=]+"),
+    re.compile(rf"(?i)(bearer\s+){_TOKEN_CHARS}+"),
+    re.compile(rf"(?i)(access_token[\"']?\s*=\s*[\"']?){_TOKEN_CHARS}+"),
+    re.compile(rf"(?i)(access_token[\"']\s*:\s*[\"']?){_TOKEN_CHARS}+"),
+    re.compile(rf"(?i)(access_token:\s*)(?:(?={_TOKEN_CHARS}*\d){_TOKEN_CHARS}+|{_TOKEN_CHARS}{{16,}})"),
 )
 
 
@@ -72,6 +81,12 @@ class MeteringError(Exception):
 
 class ConfigurationError(MeteringError):
     """An option, URL, meter or plan is wrong. The message names it and the rule it breaks."""
+
+
+class NoCurrentCustomer(ConfigurationError):
+    """A call that reads the current customer (``check_current_limit``, ``with_usage_limit`` without
+    ``customer_id``...) ran where none is set: outside ``current_customer(...)``, or in an anonymous
+    request. The framework integrations answer it with 401 when the request had no customer."""
 
 
 class ValidationError(MeteringError, ValueError):
@@ -95,7 +110,9 @@ class BatchValidationError(ValidationError):
         self.errors = errors
         first_index, first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"events[{first_index}].{first.field}", first.rule + more)
+        # The batch's own errors already name the item ("events[1].customer_id"); others do not.
+        where = first.field if first.field.startswith("events[") else f"events[{first_index}].{first.field}"
+        super().__init__(where, first.rule + more)
 
 
 class UsageLimitExceeded(MeteringError):

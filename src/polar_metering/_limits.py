@@ -1,7 +1,8 @@
 """Limits on a backend that lags: a reading cache, an overlay of unsettled usage, and in-process holds.
 
 Polar recomputes a customer's meters about 15 s after the customer's last event, later under steady
-traffic (§3.3), so a fresh read from Polar can still miss what this process just tracked. A limit
+traffic (server/polar/customer_meter/tasks.py), so a fresh read from Polar can still miss what this process
+just tracked. A limit
 check here answers from the *effective reading*::
 
     Polar's customer meter (cached: ReadingCache)
@@ -12,7 +13,8 @@ No I/O happens in this module: :class:`Limits` ties the three together and is ha
 function (customer, meters -> readings with Polar's ``modified_at``) and an ``ingest`` function by
 the backend. Every duration is measured on the injected clock's ``monotonic()``.
 
-**How the overlay combines with a reading** (per aggregation, §6.2): ``count`` and ``sum`` add;
+**How the overlay combines with a reading** (per aggregation, server/polar/meter/aggregation.py): ``count``
+and ``sum`` add;
 ``max`` takes the larger of Polar's value and the largest unsettled value; ``unique`` adds the
 unsettled values that are not known to be counted already (values this process saw settle this
 period). ``min`` and ``avg`` are not overlaid: Polar reports no sample count, so one more value
@@ -26,12 +28,14 @@ cannot be folded in; their readings are Polar's alone.
    the event is stored after its request started, so ``s <= M`` is necessary for the row to include
    it; it is taken as sufficient. It is wrong only when a recompute begins while the ingest request
    is in flight (milliseconds, at most the SDK timeout), which Polar's debounce makes rare: each
-   ingest pushes the customer's recompute 15 s further out (§3.3). Clock skew between this machine
+   ingest pushes the customer's recompute 15 s further out (server/polar/customer_meter/tasks.py). Clock skew
+   between this machine
    and Polar widens the window by the skew; ``settle_margin`` (seconds) closes it at the cost of
    settling later.
 2. *Expired*: an entry whose delivery this process saw is dropped after ``settle_horizon``
    (default 190 min: Polar forces a recompute at most 180 min after a customer's first pending
-   event, §3.3). An entry whose delivery this process never saw (still queued, dead-lettered, or sent
+   event, server/polar/customer_meter/tasks.py). An entry whose delivery this process never saw (still
+   queued, dead-lettered, or sent
    by another process sharing the outbox file) is dropped after ``unconfirmed_horizon`` (default
    60 s). Past the horizons the overlay under-counts (Polar down for longer, or a recompute that
    never came); before them it may over-count events another process delivered.
@@ -85,7 +89,8 @@ Key: TypeAlias = tuple[str, str]  # (customer, meter slug)
 #: ``fetch(customer, meters)`` -> ``{slug: (reading, modified_at as epoch seconds or None)}``
 Fetch: TypeAlias = Callable[[str, Sequence[Meter]], Mapping[str, tuple[MeterReading, float | None]]]
 
-#: Polar forces a customer-meter recompute 180 min after the first pending event (§3.3), plus slack.
+#: Polar forces a customer-meter recompute 180 min after the first pending event
+#: (server/polar/customer_meter/tasks.py), plus slack.
 SETTLE_HORIZON = 190 * 60.0
 UNCONFIRMED_HORIZON = 60.0
 #: After a failed fetch, wait this long before asking Polar again (unless it sent Retry-After), so a
@@ -98,7 +103,7 @@ _MAX_KNOWN = 10_000  # unique values remembered as counted, per key
 # version that a cached composition was built from.
 _VERSIONS = itertools.count(1)
 #: external_ids remembered after their entries left, so a resend with the same id is not overlaid
-#: again (Polar drops it as a duplicate, §1.3, and then never recomputes for it)
+#: again (Polar drops it as a duplicate, server/polar/event/repository.py, and then never recomputes for it)
 _RECENT_IDS = 50_000
 
 
@@ -418,7 +423,8 @@ class _Key:
 class UsageOverlay:
     """Usage this process tracked per (customer, meter) that Polar's reading may not include yet.
 
-    ``track`` adds events (matched to the catalog's meters with Polar's filter rules, §6.1);
+    ``track`` adds events (matched to the catalog's meters with Polar's filter rules,
+    server/polar/meter/filter.py);
     ``sent`` records that this process's sender delivered some of them in a request that started at
     a wall time; ``settle`` drops what a reading with Polar's ``modified_at`` already counts (the rule
     is in the module docstring); ``extra`` is what a check adds to Polar's reading. Thread-safe.
@@ -483,17 +489,20 @@ class UsageOverlay:
                 out.append((slug, func, 1.0))
             elif func == "unique":
                 key = reader(md)
-                if key is not None:  # a null or missing value is never counted (§6.2)
+                # a null or missing value is never counted (server/polar/meter/aggregation.py)
+                if key is not None:
                     out.append((slug, func, key))
             else:
                 number = reader(event.name, "user", ts, md)
-                if number is not None:  # only JSON numbers count for sum/max (§6.2)
+                # only JSON numbers count for sum/max (server/polar/meter/aggregation.py)
+                if number is not None:
                     out.append((slug, func, number))
         return out
 
     def track(self, events: Sequence[Event]) -> list[str]:
         """Add ``events``; returns the ``external_id`` of those added (events matching no overlaid meter
-        are not). An ``external_id`` already in the overlay is skipped: Polar drops the repeat (§1.3)."""
+        are not). An ``external_id`` already in the overlay is skipped: Polar drops the repeat
+        (server/polar/event/repository.py)."""
         now = self._monotonic()
         added: list[str] = []
         with self._lock:
@@ -545,7 +554,8 @@ class UsageOverlay:
         """Record that this process delivered these events in a request that started at ``started_at``
         (wall-clock epoch seconds); ids this overlay does not hold are ignored. Returns how many moved.
 
-        ``duplicates`` says Polar already had every one of them (§1.3): they were counted when first
+        ``duplicates`` says Polar already had every one of them (server/polar/event/repository.py): they were
+        counted when first
         ingested, so they leave the overlay at once."""
         moved = 0
         with self._lock:
@@ -567,7 +577,8 @@ class UsageOverlay:
         self, customer: str, slug: str, modified_at: float | None, consumed: float | None = None
     ) -> int:
         """Drop what a reading with Polar's ``modified_at`` (epoch seconds) already counts; returns how
-        many delivered buckets went. ``consumed`` lets unique meters notice a period reset (§4.3)."""
+        many delivered buckets went. ``consumed`` lets unique meters notice a period reset
+        (server/polar/subscription/service.py)."""
         with self._lock:
             state = self._keys.get((customer, slug))
             if state is None:
@@ -648,7 +659,8 @@ class UsageOverlay:
         """For unique meters: ``value`` is unsettled here, or this process saw Polar count it."""
         key = unique_key(value)
         if key is None:
-            return True  # null is never counted, so it never takes a new unit (§6.2)
+            # null is never counted, so it never takes a new unit (server/polar/meter/aggregation.py)
+            return True
         state = self._keys.get((customer, slug))
         if state is None:
             return False
@@ -890,7 +902,7 @@ class Limits:
         """Fresh entries, asking Polar for the others. One request per customer at a time: threads
         that miss together wait for the first one's answer instead of each sending their own (a
         burst after the TTL runs out would otherwise cost one request per thread, against Polar's
-        rate limit, §5.1)."""
+        rate limit, server/polar/rate_limit.py)."""
         out: dict[str, tuple[CachedReading, bool]] = {}
         missing = []
         for m in meters:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from polar_metering._catalog import Aggregation, Catalog, Filter, FilterClause, Meter
 from polar_metering._evaluate import compile_filter, lookup
+from polar_metering._status import as_dict
 
 __all__ = [
     "MeterFinding",
@@ -41,6 +42,10 @@ class MeterFinding:
     kind: Kind
     reason: str
     fix: str
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
     def __str__(self) -> str:
         return f"{self.meter}: {self.reason} Fix: {self.fix}"

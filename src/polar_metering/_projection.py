@@ -56,6 +56,7 @@ def decide(
         "period_end": reading.period_end,
         "reserved": reading.reserved,
         "stale": stale,
+        "aggregation": func,
     }
     if limit is None:
         return UsageStatus(True, current, None, None, None, **common)  # type: ignore[arg-type]

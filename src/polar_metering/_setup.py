@@ -3,9 +3,10 @@
 - Lists every non-archived meter of the organization (all pages).
 - Creates each catalog meter Polar lacks, matched by name, with the body of ``Meter.to_polar()``:
   name, unit, filter, aggregation, and never ``organization_id`` (an organization token forbids it,
-  §1.5).
+  server/polar/event/service.py).
 - Reports drift — a meter with the catalog's name but another filter or aggregation — without
-  touching it: Polar locks both once the meter has aggregated events (§2.4), and changing what a
+  touching it: Polar locks both once the meter has aggregated events (server/polar/meter/service.py), and
+  changing what a
   live meter counts is a billing decision for a person, not a script.
 
 Running it twice creates nothing the second time.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from polar_metering._catalog import Catalog, Meter, load_catalog
 from polar_metering._exceptions import ConfigurationError, RemoteValidationError
 from polar_metering._meter_checks import MeterFinding, check_meters
+from polar_metering._status import as_dict
 
 if TYPE_CHECKING:
     from polar_metering._client import Metering
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["MeterResult", "SetupReport", "run_setup"]
 
 Status = Literal["created", "would_create", "exists", "drift", "error"]
+#: ``SetupReport.server`` of a dry run made without a token (Polar was not contacted)
+OFFLINE = "offline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,10 @@ class MeterResult:
     diff: str | None = None
     error: str | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class SetupReport:
@@ -59,6 +67,10 @@ class SetupReport:
     notes: tuple[str, ...] = field(default=())
     #: meters that will behave surprisingly on Polar (``polar-metering check-meters``)
     warnings: tuple[MeterFinding, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
     @property
     def created(self) -> list[str]:
@@ -177,6 +189,9 @@ def run_setup(
     use its catalog and Polar settings; on the embedded engine there is nothing to do, since the
     engine keeps its meters in step with the catalog when it opens.
 
+    A dry run with no token at all works offline: it lists every catalog meter as one it would
+    create, without contacting Polar.
+
     Raises :class:`ConfigurationError` (no token, bad catalog), :class:`AuthenticationError` (token
     rejected) or :class:`BackendUnavailable` (Polar unreachable). A meter Polar refuses (422) is
     reported in ``errors`` and the other meters still go ahead.
@@ -202,8 +217,29 @@ def run_setup(
             )
     else:
         cat = load_catalog(catalog)
-    settings = _settings_from(client, access_token, environment, base_url, os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    if dry_run and client is None and not (access_token or environ.get("POLAR_ACCESS_TOKEN")):
+        return _offline_plan(cat)
+    settings = _settings_from(client, access_token, environment, base_url, environ)
     return _run(cat, settings, dry_run)
+
+
+def _offline_plan(catalog: Catalog) -> SetupReport:
+    """A dry run with no token: what the catalog defines, every meter as it would be created.
+
+    Nothing is sent anywhere (and ``polar-sdk`` is not needed), so a catalog can be reviewed before
+    any Polar account exists; with a token, the dry run asks Polar what it already has.
+    """
+    return SetupReport(
+        tuple(MeterResult(m.slug, m.name, "would_create") for m in catalog.meters),
+        server=OFFLINE,
+        dry_run=True,
+        notes=(
+            "offline: without POLAR_ACCESS_TOKEN Polar was not asked which meters exist; "
+            "this is every meter the catalog would create",
+        ),
+        warnings=tuple(check_meters(catalog)),
+    )
 
 
 def _run(catalog: Catalog, settings: PolarSettings, dry_run: bool) -> SetupReport:

@@ -59,30 +59,32 @@ async def track_usage_batch(events: Iterable[Mapping[str, Any] | Event]) -> Trac
 async def track_api_request(
     customer_id: str,
     endpoint: str,
+    options: Mapping[str, Any] | None = None,
     *,
-    method: str = "GET",
+    method: str | None = None,
     status_code: int | None = None,
     duration_ms: float | None = None,
 ) -> TrackingResult:
     return await _client().track_api_request(
-        customer_id, endpoint, method=method, status_code=status_code, duration_ms=duration_ms
+        customer_id, endpoint, options, method=method, status_code=status_code, duration_ms=duration_ms
     )
 
 
 async def track_storage_update(
-    customer_id: str, size_gb: float, *, operation: str | None = None
+    customer_id: str, size_gb: float, operation: str | None = None
 ) -> TrackingResult:
-    return await _client().track_storage_update(customer_id, size_gb, operation=operation)
+    return await _client().track_storage_update(customer_id, size_gb, operation)
 
 
 async def track_ai_tokens(
     customer_id: str,
     tokens: int,
+    options: Mapping[str, Any] | None = None,
     *,
     model: str | None = None,
     type: Literal["input", "output", "total"] | None = None,
 ) -> TrackingResult:
-    return await _client().track_ai_tokens(customer_id, tokens, model=model, type=type)
+    return await _client().track_ai_tokens(customer_id, tokens, options, model=model, type=type)
 
 
 async def track_llm_usage(
@@ -108,8 +110,8 @@ async def track_llm_usage(
     )
 
 
-async def track_seat_activity(customer_id: str, user_id: str, *, action: str | None = None) -> TrackingResult:
-    return await _client().track_seat_activity(customer_id, user_id, action=action)
+async def track_seat_activity(customer_id: str, user_id: str, action: str | None = None) -> TrackingResult:
+    return await _client().track_seat_activity(customer_id, user_id, action)
 
 
 async def check_limit(

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from polar_metering._exceptions import ConfigurationError, ValidationError, redact
+from polar_metering._status import as_dict
 
 try:
     from polar.webhooks import (
@@ -98,6 +99,10 @@ class WebhookResult:
     customer: str | None = None
     invalidated: int = 0
     duplicate: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
     @property
     def ok(self) -> bool:

@@ -209,7 +209,7 @@ def test_api_reference_types(capsys: pytest.CaptureFixture[str]) -> None:
     assert (out["retry"].success, out["retry"].inserted, out["retry"].duplicates) == (True, 0, 1)
     assert not out["null_value"].success
     assert out["null_value"].error.startswith("metadata.endpoint: values must be str, int, float or bool")
-    assert out["empty_string"].error == "metadata.endpoint: strings must be 1 to 500 characters"
+    assert out["empty_string"].error == "metadata.endpoint: strings must be 1 to 500 characters, got 0"
     mixed = out["mixed_batch"]
     assert (mixed.success, mixed.inserted) == (False, 1)
     assert [i for i, _ in mixed.rejected] == [1]
@@ -242,7 +242,7 @@ def test_best_practices(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["graceful"] == {
         "success": True,
         "tracked": False,
-        "error": "metadata.endpoint: strings must be 1 to 500 characters",
+        "error": "metadata.endpoint: strings must be 1 to 500 characters, got 0",
     }
     # 4. Storage and requests land on the organization when there is one, else on the user.
     assert out["entities"] == {

@@ -19,7 +19,8 @@ from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 
 import polar_metering as metering
-from polar_metering import ConfigurationError, ManualClock
+from polar_metering import ConfigurationError, ManualClock, Plan
+from polar_metering.integrations import django as django_integration
 
 from .conftest import import_error_without, load_example
 
@@ -260,3 +261,88 @@ def test_setup_command_runs_the_library_setup_on_the_configured_backend(sqlite_u
 def test_import_without_django_names_the_extra() -> None:
     message = import_error_without("django", "polar_metering.integrations.django")
     assert "install polar-metering[django]" in message
+
+
+# -- anonymous requests --------------------------------------------------------------------------------------
+@django_integration.usage_limit("api_requests")
+def dj_limited(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True})
+
+
+@django_integration.usage_limit("api_requests", anonymous="deny")
+def dj_limited_deny(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True})
+
+
+@django_integration.usage_limit("api_requests", anonymous="allow")
+async def dj_limited_allow_async(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True})
+
+
+def dj_inside(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"tokens": metering.with_usage_limit("ai_tokens", lambda: 3)})
+
+
+urlpatterns.extend(
+    [
+        path("limited", dj_limited),
+        path("limited-deny", dj_limited_deny),
+        path("limited-allow-async", dj_limited_allow_async),
+        path("inside", dj_inside),
+    ]
+)
+ANON_FREE = Plan("free", credits={"api_requests": 5, "ai_tokens": 100})
+
+
+def org_resolver(request: Any) -> str | None:
+    return request.headers.get("X-Org-Id")
+
+
+@pytest.fixture
+def django_policy(sqlite_url: str, clock: ManualClock) -> Any:
+    def configure(policy: str | None) -> Any:
+        configured: dict[str, Any] = {
+            "RESOLVER": org_resolver,
+            "URL": sqlite_url,
+            "CLOCK": clock,
+            "PLANS": [ANON_FREE],
+        }
+        if policy is not None:
+            configured["ANONYMOUS"] = policy
+        return override_settings(POLAR_METERING=configured)
+
+    return configure
+
+
+def test_django_policies(django_policy: Any) -> None:
+    """ANONYMOUS: "allow" (default) lets anonymous requests past @usage_limit; "deny" answers 401."""
+    with django_policy(None):  # the default: allow
+        assert Client().post("/limited").status_code == 200
+        assert Client().post("/limited-deny").status_code == 401
+    with django_policy("deny"):
+        denied = Client().post("/limited")
+        assert denied.status_code == 401
+        assert denied.json()["error"] == "Authentication required"
+        assert Client().post("/limited", headers=ORG).status_code == 200
+        assert asyncio.run(_async_post("/limited-allow-async")) == 200
+    metering.flush()
+    assert metering.check_limit("org_1", "api_requests").current == 1  # only org_1's request
+
+
+async def _async_post(route: str) -> int:
+    from django.test import AsyncClient
+
+    return (await AsyncClient().post(route)).status_code
+
+
+def test_django_a_call_needing_the_customer_answers_401_not_500(django_policy: Any) -> None:
+    with django_policy("allow"):
+        response = Client().post("/inside")
+        assert response.status_code == 401
+        assert "current customer" in response.json()["detail"]
+        assert Client().post("/inside", headers=ORG).json() == {"tokens": 3}
+
+
+def test_django_bad_policy_is_a_configuration_error(django_policy: Any) -> None:
+    with django_policy("sometimes"), pytest.raises(metering.ConfigurationError, match="ANONYMOUS"):
+        Client().post("/limited")

@@ -199,7 +199,8 @@ class Backend(ABC):
     def history(
         self, customer: str, meter: Meter, *, start: datetime, end: datetime, interval: str
     ) -> list[tuple[datetime, float]]:
-        """Usage per hour/day/week/month bucket by event time (Polar's meter quantities, §2.6)."""
+        """Usage per hour/day/week/month bucket by event time (Polar's meter quantities,
+        server/polar/kit/time_queries.py)."""
         raise ConfigurationError(f"usage_history: the {self.url.scheme}:// backend has no usage history")
 
     # -- plans (local engine) -------------------------------------------------------------------

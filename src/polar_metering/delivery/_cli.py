@@ -114,18 +114,7 @@ def dead_letters(
         outbox.close(timeout=0)
     if as_json:
         for d in letters:
-            typer.echo(
-                json.dumps(
-                    {
-                        "id": d.id,
-                        "external_id": d.external_id,
-                        "reason": d.reason,
-                        "errors": d.errors,
-                        "event": d.event,
-                        "dead_at": d.dead_at.isoformat(),
-                    }
-                )
-            )
+            typer.echo(json.dumps(d.to_dict()))
         return
     table = Table(title=f"{len(letters)} dead letters")
     for column in ("id", "external_id", "event", "reason"):

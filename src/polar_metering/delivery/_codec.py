@@ -1,6 +1,7 @@
 """JSON for the outbox: orjson when it is installed (~10x faster), the standard library otherwise.
 
-orjson stops at 64-bit integers, and Polar takes integers of any size (§1.6). ``dumps`` falls back
+orjson stops at 64-bit integers, and Polar takes integers of any size (server/polar/kit/metadata.py).
+``dumps`` falls back
 to the standard library for such a document and marks it with one leading space (JSON allows it), so
 that ``loads`` knows to do the same: orjson would read the big integer as a rounded float.
 """

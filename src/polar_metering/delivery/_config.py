@@ -14,14 +14,17 @@ __all__ = ["POLAR_RATE_LIMITS", "DeliveryConfig"]
 
 MiB: Final = 1024 * 1024
 
-#: Requests per minute Polar allows one organization token in the default rate-limit group (§5.1).
+#: Requests per minute Polar allows one organization token in the default rate-limit group
+#: (server/polar/rate_limit.py).
 POLAR_RATE_LIMITS: Final[dict[str, int]] = {"production": 500, "sandbox": 100}
 
-# §1.1: Polar refuses bodies over 10 MiB with 413. We count compact UTF-8 JSON; an SDK that re-encodes
+# server/polar/middlewares.py: Polar refuses bodies over 10 MiB with 413. We count compact UTF-8 JSON; an SDK
+# that re-encodes
 # with ASCII escapes can turn one 4-byte character into a 12-byte surrogate pair, so a 3 MiB batch of
 # ours stays under 10 MiB however the transport encodes it.
 MAX_BATCH_BYTES: Final = 3 * MiB
-# Polar's tests send up to 500 events per request (§1.1); we allow more but keep a sane ceiling.
+# Polar's tests send up to 500 events per request (server/tests/event/test_service.py); we allow more but
+# keep a sane ceiling.
 MAX_BATCH_EVENTS: Final = 10_000
 
 
@@ -80,15 +83,17 @@ class DeliveryConfig:
       ``lease_seconds`` when that is shorter); it must be shorter than ``lease_seconds``.
     - ``environment`` and ``rate_limit_per_minute`` / ``rate_limit_burst``: a token bucket shared
       by every process on the outbox file. The default rate is 80% of Polar's limit for the
-      environment (§5.1); rate + burst may not exceed it. ``environment=None`` (the emulator, a
+      environment (server/polar/rate_limit.py); rate + burst may not exceed it. ``environment=None`` (the
+      emulator, a
       test server) lifts the ceiling and then ``rate_limit_per_minute`` is required.
     - ``backoff_base`` / ``max_backoff``: exponential backoff with full jitter after a failure;
       ``max_retry_after`` caps how long a ``Retry-After`` header may pause delivery.
     - ``max_rejections``: how many times an event may be refused (clock skew, a non-retryable error)
       before it is dead-lettered. Network errors, 5xx and 429 never count: they retry forever.
     - ``lease_seconds``: how long a claimed batch is reserved for one sender. Must exceed the
-      longest send (Polar SDK default timeout: 5 s, §5.3); after it a crashed sender's events are
-      sent again by another, and Polar drops the repeat by ``external_id`` (§1.3).
+      longest send (Polar SDK default timeout: 5 s, polar-sdk polar/base.py); after it a crashed sender's
+      events are
+      sent again by another, and Polar drops the repeat by ``external_id`` (server/polar/event/repository.py).
     - ``poll_interval``: how often an idle sender looks for events left by other processes.
     - ``exit_timeout``: total seconds the exit hook spends delivering before the process ends.
     """
@@ -151,13 +156,14 @@ class DeliveryConfig:
         elif self.environment in POLAR_RATE_LIMITS:
             ceiling = POLAR_RATE_LIMITS[self.environment]
             if self.rate_limit_per_minute is None:
-                # 80% leaves room for the limit checks that share the same token's budget (§5.1).
+                # 80% leaves room for the limit checks that share the same token's budget
+                # (server/polar/rate_limit.py).
                 object.__setattr__(self, "rate_limit_per_minute", 0.8 * ceiling)
             rate = _number("rate_limit_per_minute", self.rate_limit_per_minute, low=0.0, low_open=True)
             if rate + self.rate_limit_burst > ceiling:
                 raise ConfigurationError(
                     f"rate_limit_per_minute: with rate_limit_burst={self.rate_limit_burst} it must leave any "
-                    f"60 s window under Polar's {self.environment} limit of {ceiling} requests/min (§5.1); "
+                    f"60 s window under Polar's {self.environment} limit of {ceiling} requests/min; "
                     f"got {rate:g}"
                 )
         else:

@@ -44,6 +44,7 @@ from typing import Any
 from polar_metering._clock import Clock, SystemClock
 from polar_metering._events import Event
 from polar_metering._exceptions import ConfigurationError, OutboxError, ValidationError
+from polar_metering._status import as_dict
 from polar_metering.delivery._codec import dumps as _dumps
 from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._pace import Pace, PaceState
@@ -86,6 +87,10 @@ class OutboxStatus:
     paused_until: datetime | None
     accepting: bool
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -100,6 +105,10 @@ class DeadLetter:
     attempts: int
     enqueued_at: datetime
     dead_at: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
 
 def _timeout(name: str, value: object) -> float:
@@ -146,7 +155,7 @@ def _encode(index: int, event: object, max_bytes: int) -> tuple[str, bytes]:
         if not isinstance(raw, str) or not raw:
             raise ValidationError(
                 f"events[{index}].external_id",
-                "must be a non-empty string fixed at track time (Polar deduplicates resends by it, §1.3)",
+                "must be a non-empty string fixed at track time (Polar deduplicates resends by it)",
                 raw,
             )
         eid = raw

@@ -33,10 +33,11 @@ __all__ = [
     "take_token",
 ]
 
-#: ``{"events":[]}``: the ingest body around the events (§1.1).
+#: ``{"events":[]}``: the ingest body around the events (server/polar/event/endpoints.py).
 ENVELOPE_BYTES: Final = len(b'{"events":[]}')
 
-# §1.2: a timestamp later than the server's clock fails with this message. When every error of an
+# server/polar/event/schemas.py: a timestamp later than the server's clock fails with this message. When
+# every error of an
 # event says so, our clock is ahead of Polar's: the event becomes valid once Polar's clock catches up.
 SKEW_MESSAGE: Final = "Timestamp must be in the past"
 # Retrying a skewed event sooner than this is pointless: skew under a second would not have tripped.
@@ -74,7 +75,8 @@ def backoff_delay(
 
     Full jitter: uniform in ``[0, min(cap, base * 2**(failures-1))]`` (``rand`` in ``[0, 1)``), so
     many clients that failed together do not retry together. ``retry_after`` is a floor: Polar's
-    429 says how long its window lasts (§5.1, 60 s for minute rules) and asking sooner only earns
+    429 says how long its window lasts (server/polar/rate_limit.py, 60 s for minute rules) and asking sooner
+    only earns
     another 429. It is not clamped by ``cap``, only by ``max_retry_after``.
     """
     exponent = min(max(failures, 1) - 1, 60)
@@ -92,7 +94,7 @@ def take_token(
     Returns ``(tokens, stamp, wait)``: ``wait`` is 0 when a token was taken, else the seconds until
     one is available (nothing taken). In any window of ``T`` seconds at most ``burst + rate*T``
     requests pass, so ``rate*60 + burst`` under Polar's per-minute limit keeps every fixed or sliding
-    minute under it (§5.1). A clock that went back is treated as no time passing.
+    minute under it (server/polar/rate_limit.py). A clock that went back is treated as no time passing.
     """
     elapsed = max(0.0, now - stamp)
     tokens = min(float(burst), tokens + elapsed * rate)
@@ -133,7 +135,8 @@ def classify(exc: BaseException) -> Failure:
 def errors_by_index(detail: Sequence[Any], count: int) -> tuple[dict[int, list[dict[str, Any]]], list[Any]]:
     """Group a 422 ``detail`` by event index.
 
-    Polar locates each error at ``["body", "events", i, ...]`` (§1.2, §1.5). Returns the errors per
+    Polar locates each error at ``["body", "events", i, ...]`` (server/polar/event/service.py). Returns the
+    errors per
     index in ``range(count)`` and the errors that point at no event of this batch.
     """
     per_index: dict[int, list[dict[str, Any]]] = {}
@@ -156,14 +159,16 @@ def errors_by_index(detail: Sequence[Any], count: int) -> tuple[dict[int, list[d
 
 
 def _relevant(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    # §1.2: pydantic reports both union branches. We send EventCreateExternalCustomer, so the
+    # server/polar/event/schemas.py: pydantic reports both union branches. We send
+    # EventCreateExternalCustomer, so the
     # EventCreateCustomer branch's complaints (a missing customer_id, say) are noise.
     kept = [e for e in errors if not (len(e.get("loc") or ()) > 3 and e["loc"][3] == "EventCreateCustomer")]
     return kept or list(errors)
 
 
 def is_clock_skew(errors: Sequence[dict[str, Any]]) -> bool:
-    """True when every relevant error of one event is Polar's "Timestamp must be in the past." (§1.2)."""
+    """True when every relevant error of one event is Polar's "Timestamp must be in the past."
+    (server/polar/event/schemas.py)."""
     relevant = _relevant(errors)
     return bool(relevant) and all(SKEW_MESSAGE in str(e.get("msg", "")) for e in relevant)
 
@@ -214,7 +219,7 @@ def _skew_or_dead(
 def settle_rejection(
     detail: Sequence[Any], strikes: Sequence[int], *, max_rejections: int, skew_delays: Sequence[float]
 ) -> Settlement:
-    """Plan a 422 (Polar validates the whole batch and inserts nothing, §1.5).
+    """Plan a 422 (Polar validates the whole batch and inserts nothing, server/polar/event/service.py).
 
     Events named by an error are dead-lettered with Polar's reason, except clock skew, which is
     retried after ``skew_delays[i]`` until ``max_rejections`` strikes. Events no error names are
@@ -250,7 +255,8 @@ def settle_rejection(
 
 
 def settle_too_large(count: int) -> Settlement:
-    """Plan a 413: halve the batch; a lone event that is still too large is dead-lettered (§1.1)."""
+    """Plan a 413: halve the batch; a lone event that is still too large is dead-lettered
+    (server/polar/middlewares.py)."""
     if count == 1:
         return Settlement(dead=[(0, "event too large for Polar's 10 MiB request limit (413)", [])])
     return Settlement(release=list(range(count)), split=count // 2)

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from polar_metering._clock import Clock
 from polar_metering._exceptions import BackendUnavailable, RateLimited, RemoteValidationError, redact
+from polar_metering._status import as_dict
 from polar_metering.delivery._config import DeliveryConfig
 from polar_metering.delivery._pace import Pace
 from polar_metering.delivery._policy import (
@@ -44,8 +45,10 @@ _SLOT_WAIT = 0.05
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """Polar's answer to one ingest request (§1.1): events newly stored, and events skipped because
-    their ``external_id`` was already known (§1.3) — which after a resend is success, not loss."""
+    """Polar's answer to one ingest request (server/polar/event/endpoints.py): events newly stored, and
+    events skipped because
+    their ``external_id`` was already known (server/polar/event/repository.py) — which after a resend is
+    success, not loss."""
 
     inserted: int
     duplicates: int = 0
@@ -60,12 +63,13 @@ class Transport(Protocol):
     sender threads, up to ``max_in_flight`` calls at once (each with its own batch), so it must be
     thread-safe. Failures are raised as the library's exceptions:
 
-    - :class:`RateLimited` for 429, with ``retry_after`` from the header (§5.1);
+    - :class:`RateLimited` for 429, with ``retry_after`` from the header (server/polar/rate_limit.py);
     - :class:`BackendUnavailable` for 5xx, network errors and timeouts;
     - :class:`RemoteValidationError` for 422 with ``detail`` as Polar sent it
-      (``loc == ["body", "events", i, ...]``, §1.2, §1.5);
+      (``loc == ["body", "events", i, ...]``, server/polar/event/service.py);
     - :class:`AuthenticationError` for 401/403;
-    - :class:`BackendError` with ``status_code=413`` when the body was too large (§1.1).
+    - :class:`BackendError` with ``status_code=413`` when the body was too large
+    (server/polar/middlewares.py).
 
     Anything else counts as a refusal: retried, and dead-lettered after ``max_rejections``.
 
@@ -116,6 +120,10 @@ class DeliveryMetrics:
     commit_lag_p50: float | None
     commit_lag_p99: float | None
     commit_lag_max: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
+        return as_dict(self)
 
 
 class Counters:

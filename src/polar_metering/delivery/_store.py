@@ -431,7 +431,8 @@ class Store:
     ) -> None:
         """Record a send's outcome in one transaction.
 
-        ``ack``: delivered, deleted whoever holds them now (a resend is harmless, §1.3). ``release``:
+        ``ack``: delivered, deleted whoever holds them now (a resend is harmless,
+        server/polar/event/repository.py). ``release``:
         lease dropped, sendable at once. ``retry``: ``(id, next_attempt_at, strike)`` with the lease
         dropped. ``dead``: ``(id, reason, errors)`` moved to the dead-letter table. Rows whose lease
         passed to another sender are left to it. ``not_before`` pauses every sender on the file.
@@ -479,7 +480,8 @@ class Store:
     def reclaim_dead(self, now: float) -> int:
         """Free the leases of senders that died on this host (SIGKILL, OOM, a crash) so their rows
         go out now instead of after ``lease_seconds``; returns how many rows were freed. Polar drops
-        whatever of them had arrived already (§1.3), so sending them again is safe."""
+        whatever of them had arrived already (server/polar/event/repository.py), so sending them again is
+        safe."""
         with self.lock:
             owners = [
                 row[0]

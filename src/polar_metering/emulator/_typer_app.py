@@ -14,7 +14,9 @@ from polar_metering.emulator._cli import DEFAULT_DB, DEFAULT_URL, AdminClient, e
 
 __all__ = ["build"]
 
-Url = Annotated[str, typer.Option("--url", help="Emulator base URL.")]
+Url = Annotated[
+    str, typer.Option("--url", envvar="POLAR_BASE_URL", help="Emulator base URL (or POLAR_BASE_URL).")
+]
 Token = Annotated[str | None, typer.Option("--token", help="Bearer token (default: POLAR_EMULATOR_TOKEN).")]
 ById = Annotated[bool, typer.Option("--by-id", help="CUSTOMER is a Polar customer UUID, not an external id.")]
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 from polar_metering._context import reset_current_customer, set_current_customer
 from polar_metering._exceptions import ConfigurationError, MeteringError, ValidationError
@@ -29,11 +29,16 @@ if TYPE_CHECKING:
     from polar_metering._status import TrackingResult, UsageStatus
 
 __all__ = [
+    "ANONYMOUS_ERROR",
     "LIMIT_ERROR",
+    "Anonymous",
     "AsyncCalls",
     "RequestState",
     "Resolver",
+    "anonymous_body",
     "check_amount",
+    "check_anonymous",
+    "check_optional_anonymous",
     "check_meter",
     "check_optional_amount",
     "check_paths",
@@ -43,6 +48,7 @@ __all__ = [
     "is_excluded",
     "limit_body",
     "limit_headers",
+    "gate_policy",
     "now_for",
     "report_tracking",
     "resolved_customer",
@@ -61,6 +67,12 @@ Resolver: TypeAlias = Callable[[RequestT], "str | Awaitable[str | None] | None"]
 RunSync: TypeAlias = Callable[[Callable[[], T]], Awaitable[T]]
 
 LIMIT_ERROR = "Usage limit exceeded"
+ANONYMOUS_ERROR = "Authentication required"
+
+#: What a metered endpoint does with a request whose resolver returned ``None``:
+#: ``"allow"`` lets it through unchecked and untracked; ``"deny"`` answers 401 before the view runs.
+Anonymous: TypeAlias = Literal["allow", "deny"]
+_POLICIES = ("allow", "deny")
 
 
 @dataclass(slots=True)
@@ -74,6 +86,8 @@ class RequestState:
     customer: str | None
     refused: bool = False
     client: Metering | AsyncMetering | None = None
+    #: the app's anonymous policy, which a gate's own ``anonymous=`` overrides
+    anonymous: Anonymous = "allow"
 
 
 def check_resolver(resolver: object) -> Callable[[Any], Any]:
@@ -82,6 +96,30 @@ def check_resolver(resolver: object) -> Callable[[Any], Any]:
             "resolver", "must be a callable taking the request and returning a customer id or None", resolver
         )
     return resolver
+
+
+def check_anonymous(value: object) -> Anonymous:
+    """``"allow"`` or ``"deny"``."""
+    if value not in _POLICIES:
+        raise ValidationError("anonymous", "must be 'allow' or 'deny'", value)
+    return value  # type: ignore[return-value]
+
+
+def check_optional_anonymous(value: object) -> Anonymous | None:
+    """A gate's own policy: ``None`` (the app's applies), ``"allow"`` or ``"deny"``."""
+    return None if value is None else check_anonymous(value)
+
+
+def gate_policy(own: Anonymous | None, state: RequestState | None) -> Anonymous:
+    """A gate's policy for an anonymous request: its own ``anonymous=``, else the app's."""
+    if own is not None:
+        return own
+    return state.anonymous if state is not None else "allow"
+
+
+def anonymous_body(detail: str) -> dict[str, object]:
+    """The JSON body of a 401 for a request with no customer."""
+    return {"error": ANONYMOUS_ERROR, "detail": detail}
 
 
 def resolved_customer(value: object) -> str | None:
@@ -163,9 +201,10 @@ def limit_body(status: UsageStatus) -> dict[str, object]:
 def limit_headers(status: UsageStatus, now: datetime) -> dict[str, str]:
     """``RateLimit-Limit`` and ``RateLimit-Remaining`` when the meter has a limit, and ``Retry-After``.
 
-    Credits reset when the billing period ends (polar-api.md §4.3), so that is the earliest moment a
-    retry can succeed: ``Retry-After`` is the whole seconds until ``period_end``, rounded up so a client
-    that waits exactly that long is never early.
+    Credits reset when the billing period ends (Polar resets meters at each billing cycle,
+    ``server/polar/subscription/service.py`` ``reset_meters`` at c6c3645), so that is the earliest
+    moment a retry can succeed: ``Retry-After`` is the whole seconds until ``period_end``, rounded up
+    so a client that waits exactly that long is never early.
     """
     headers: dict[str, str] = {}
     if status.limit is not None:
@@ -189,7 +228,7 @@ def now_for(client: Metering | AsyncMetering | None) -> datetime:
 
 
 def track_quietly(track: Callable[[], TrackingResult]) -> None:
-    """Record a request without ever failing it: metering problems are logged, not raised (DESIGN §3)."""
+    """Record a request without ever failing it: metering problems are logged, not raised."""
     try:
         report_tracking(track())
     except MeteringError as exc:

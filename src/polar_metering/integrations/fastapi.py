@@ -15,6 +15,11 @@
 - :func:`usage_limit` and :func:`usage_reservation` are dependencies; a refusal raises
   ``UsageLimitExceeded``, which :func:`usage_limit_exceeded_handler` answers with a 429.
 - :func:`install` adds both to an app; :func:`metering_lifespan` closes the client at shutdown.
+- Anonymous requests (the resolver returned ``None``): with ``anonymous="allow"`` (the default)
+  the gates let them through unchecked and untracked; with ``"deny"`` they answer 401
+  ``{"error": "Authentication required", "detail": ...}``. Either way, a call inside the endpoint
+  that needs the current customer (``aio.with_usage_limit`` without ``customer_id``) answers 401 for
+  an anonymous request instead of failing with a 500.
 
 Async code never blocks the event loop: with no ``client`` the default client's async twin is used, an
 ``AsyncMetering`` is awaited, and a sync ``Metering`` runs on anyio's worker threads.
@@ -37,17 +42,22 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "polar_metering.integrations.fastapi needs FastAPI/Starlette: install polar-metering[fastapi]"
     ) from exc
 
-from polar_metering._exceptions import ConfigurationError, UsageLimitExceeded
+from polar_metering._exceptions import ConfigurationError, NoCurrentCustomer, UsageLimitExceeded
 from polar_metering.integrations._common import (
+    Anonymous,
     AsyncCalls,
     RequestState,
     Resolver,
+    anonymous_body,
     check_amount,
+    check_anonymous,
     check_meter,
     check_optional_amount,
+    check_optional_anonymous,
     check_paths,
     check_resolver,
     customer_scope,
+    gate_policy,
     is_excluded,
     limit_body,
     limit_headers,
@@ -65,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MeteringMiddleware",
     "install",
+    "no_current_customer_handler",
     "metering_lifespan",
     "usage_limit",
     "usage_limit_exceeded_handler",
@@ -91,9 +102,11 @@ class MeteringMiddleware:
         client: Metering | AsyncMetering | None = None,
         track_requests: bool = True,
         exclude_paths: Iterable[str] = (),
+        anonymous: Anonymous = "allow",
     ) -> None:
         self.app = app
         self.resolver = check_resolver(resolver)
+        self.anonymous = check_anonymous(anonymous)
         self.track_requests = bool(track_requests)
         self.exclude_paths = check_paths(exclude_paths)
         self._calls = AsyncCalls(client, anyio.to_thread.run_sync)
@@ -105,7 +118,7 @@ class MeteringMiddleware:
         customer = self.resolver(Request(scope))
         if inspect.isawaitable(customer):
             customer = await customer
-        state = RequestState(resolved_customer(customer), client=self._calls.client)
+        state = RequestState(resolved_customer(customer), client=self._calls.client, anonymous=self.anonymous)
         scope[_STATE_KEY] = state
         status_code = 500
 
@@ -148,21 +161,35 @@ def _request_state(request: Request, who: str) -> RequestState:
     return state
 
 
+def _anonymous(state: RequestState, own: Anonymous | None, gate: str) -> None:
+    """Let an anonymous request past a gate, or refuse it (401) under the ``deny`` policy."""
+    if gate_policy(own, state) == "deny":
+        raise NoCurrentCustomer(f"{gate}: this endpoint is metered and the request has no customer")
+
+
 def usage_limit(
-    meter: str, *, amount: float | None = None, client: Metering | AsyncMetering | None = None
+    meter: str,
+    *,
+    amount: float | None = None,
+    client: Metering | AsyncMetering | None = None,
+    anonymous: Anonymous | None = None,
 ) -> Callable[[Request], Any]:
     """A dependency that lets the request through only while the current customer is under the limit.
 
-    With ``amount`` it asks whether that many more units fit. It returns the ``UsageStatus`` (``None``
-    for an anonymous request, which it lets through) and raises ``UsageLimitExceeded`` on refusal.
+    With ``amount`` it asks whether that many more units fit. It returns the ``UsageStatus`` and
+    raises ``UsageLimitExceeded`` on refusal. An anonymous request gets ``None`` (policy ``"allow"``)
+    or a 401 (``"deny"``); ``anonymous=`` overrides the policy given to :func:`install`.
     """
     meter = check_meter(meter)
     wanted = check_optional_amount(amount)
+    own = check_optional_anonymous(anonymous)
     calls = AsyncCalls(client, anyio.to_thread.run_sync)
 
     async def check_usage_limit(request: Request) -> UsageStatus | None:
-        customer = _request_state(request, "usage_limit").customer
+        state = _request_state(request, "usage_limit")
+        customer = state.customer
         if customer is None:
+            _anonymous(state, own, f"usage_limit({meter!r})")
             return None
         status = await calls.check_limit(customer, meter, wanted)
         if not status.allowed:
@@ -178,23 +205,28 @@ def usage_reservation(
     *,
     client: Metering | AsyncMetering | None = None,
     ttl: float | None = None,
+    anonymous: Anonymous | None = None,
 ) -> Callable[[Request], Any]:
     """A dependency that holds ``amount`` units for the request and hands the endpoint the reservation.
 
     The endpoint calls ``commit(actual)`` (awaited with an async client); whatever is not committed is
     released when the request ends. No room raises ``UsageLimitExceeded``. With a sync ``Metering`` the
     dependency is a sync generator, which FastAPI runs on its thread pool: use it from ``def`` endpoints.
+    An anonymous request gets ``None`` or a 401, as for :func:`usage_limit`.
     """
     meter = check_meter(meter)
     held = check_amount(amount)
+    own = check_optional_anonymous(anonymous)
     calls = AsyncCalls(client, anyio.to_thread.run_sync)
 
     if calls.is_sync:
         sync_client = cast("Metering", client)
 
         def hold_usage_sync(request: Request) -> Iterator[Any]:
-            customer = _request_state(request, "usage_reservation").customer
+            state = _request_state(request, "usage_reservation")
+            customer = state.customer
             if customer is None:
+                _anonymous(state, own, f"usage_reservation({meter!r})")
                 yield None
                 return
             with sync_client.reserve(customer, meter, held, ttl=ttl) as reservation:
@@ -203,8 +235,10 @@ def usage_reservation(
         return hold_usage_sync
 
     async def hold_usage(request: Request) -> AsyncIterator[Any]:
-        customer = _request_state(request, "usage_reservation").customer
+        state = _request_state(request, "usage_reservation")
+        customer = state.customer
         if customer is None:
+            _anonymous(state, own, f"usage_reservation({meter!r})")
             yield None
             return
         if client is None:
@@ -232,6 +266,15 @@ async def usage_limit_exceeded_handler(request: Request, exc: Exception) -> JSON
     )
 
 
+async def no_current_customer_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Answer ``NoCurrentCustomer`` with 401 when the request is anonymous (its resolver returned
+    ``None``); anywhere else it is a bug in the app, and stays a server error."""
+    state = request.scope.get(_STATE_KEY)
+    if not isinstance(exc, NoCurrentCustomer) or not isinstance(state, RequestState) or state.customer:
+        raise exc
+    return JSONResponse(anonymous_body(str(exc)), status_code=401)
+
+
 def install(
     app: Starlette,
     *,
@@ -239,10 +282,14 @@ def install(
     client: Metering | AsyncMetering | None = None,
     track_requests: bool = True,
     exclude_paths: Iterable[str] = (),
+    anonymous: Anonymous = "allow",
 ) -> None:
     """Add :class:`MeteringMiddleware` and the 429 handler for ``UsageLimitExceeded`` to ``app``.
 
     The handler also answers refusals raised by ``with_usage_limit`` or ``reserve`` inside endpoints.
+    ``anonymous`` is the app's policy for requests with no customer at the gates (``usage_limit``,
+    ``usage_reservation``): ``"allow"`` lets them through, ``"deny"`` answers 401; a library call
+    that needs the current customer answers 401 for them in both cases.
     """
     # Starlette builds middleware at the first request; check the arguments now, where the mistake is.
     app.add_middleware(
@@ -251,8 +298,10 @@ def install(
         client=client,
         track_requests=track_requests,
         exclude_paths=check_paths(exclude_paths),
+        anonymous=check_anonymous(anonymous),
     )
     app.add_exception_handler(UsageLimitExceeded, usage_limit_exceeded_handler)
+    app.add_exception_handler(NoCurrentCustomer, no_current_customer_handler)
 
 
 def metering_lifespan(

@@ -10,7 +10,12 @@
     def generate(): ...
 
 The customer is set in ``before_request`` and reset in ``teardown_request``, which runs even when the
-view fails. Events are flushed when the process exits (``atexit``) or by :meth:`Metering.flush`;
+view fails. Anonymous requests (the resolver returned ``None``): ``anonymous="allow"`` (the default)
+lets them past ``@usage_limit`` unchecked and untracked; ``"deny"`` answers 401 ``{"error":
+"Authentication required", "detail": ...}``; a library call that needs the current customer answers
+401 for them in both cases, not a 500.
+
+Events are flushed when the process exits (``atexit``) or by :meth:`Metering.flush`;
 ``teardown_appcontext`` runs after every request, far too often to flush there.
 """
 
@@ -33,14 +38,24 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     raise ImportError("polar_metering.integrations.flask needs Flask: install polar-metering[flask]") from exc
 
 import polar_metering as metering
-from polar_metering._exceptions import ConfigurationError, MeteringError, UsageLimitExceeded
+from polar_metering._exceptions import (
+    ConfigurationError,
+    MeteringError,
+    NoCurrentCustomer,
+    UsageLimitExceeded,
+)
 from polar_metering.integrations._common import (
+    Anonymous,
     RequestState,
+    anonymous_body,
+    check_anonymous,
     check_meter,
     check_optional_amount,
+    check_optional_anonymous,
     check_paths,
     check_resolver,
     customer_scope,
+    gate_policy,
     import_object,
     is_excluded,
     limit_body,
@@ -80,6 +95,8 @@ class Metering:
     - ``track_requests``: track ``api.request`` for each request of a known customer, except those
       under ``exclude_paths`` and those refused for a usage limit.
     - ``flush_on_exit``: flush the client when the process exits.
+    - ``anonymous``: ``"allow"`` (default) or ``"deny"``, what ``@usage_limit`` does with a request
+      whose resolver returned ``None`` (``"deny"``: 401 with a JSON body).
     """
 
     def __init__(
@@ -91,12 +108,19 @@ class Metering:
         track_requests: bool = True,
         exclude_paths: Iterable[str] = (),
         flush_on_exit: bool = True,
+        anonymous: Anonymous = "allow",
     ) -> None:
         self.resolver = None if resolver is None else check_resolver(resolver)
+        if client is not None and inspect.iscoroutinefunction(getattr(client, "check_limit", None)):
+            raise TypeError(
+                "client: Flask views are sync, so the extension needs a sync polar_metering.Metering; "
+                "pass the AsyncMetering's .sync client (or use aio in async views yourself)"
+            )
         self._client = client
         self.track_requests = bool(track_requests)
         self.exclude_paths = check_paths(exclude_paths)
         self.flush_on_exit = bool(flush_on_exit)
+        self.anonymous = check_anonymous(anonymous)
         self._exit_hook = False
         if app is not None:
             self.init_app(app)
@@ -122,6 +146,7 @@ class Metering:
         app.after_request(self._track)
         app.teardown_request(self._end)
         app.register_error_handler(UsageLimitExceeded, self._limit_exceeded)
+        app.register_error_handler(NoCurrentCustomer, self._no_customer)
         if self.flush_on_exit and not self._exit_hook:
             # A weak reference: an app and its extension may come and go (tests, factories) before exit.
             atexit.register(_flush_at_exit, weakref.ref(self))
@@ -133,7 +158,9 @@ class Metering:
 
     def _begin(self) -> None:
         assert self.resolver is not None  # init_app guarantees it
-        state = RequestState(resolved_customer(self.resolver(request)), client=self._client)
+        state = RequestState(
+            resolved_customer(self.resolver(request)), client=self._client, anonymous=self.anonymous
+        )
         current = _FlaskRequest(state, time.perf_counter())
         current.scope.enter_context(customer_scope(state.customer))
         request.environ[_ENVIRON_KEY] = current
@@ -163,6 +190,12 @@ class Metering:
 
     def _limit_exceeded(self, error: UsageLimitExceeded) -> Response:
         return self._refusal(error.status)
+
+    def _no_customer(self, error: NoCurrentCustomer) -> Response:
+        current = request.environ.get(_ENVIRON_KEY)
+        if not isinstance(current, _FlaskRequest) or current.state.customer is not None:
+            raise error  # not an anonymous request: a bug in the app, and a server error
+        return _unauthorized(str(error))
 
     def _refusal(self, status: UsageStatus) -> Response:
         current = request.environ.get(_ENVIRON_KEY)
@@ -195,23 +228,39 @@ def _extension() -> Metering:
     return extension
 
 
-def _refusal_or_none(meter: str, amount: float | None) -> Response | None:
+def _unauthorized(detail: str) -> Response:
+    response = jsonify(anonymous_body(detail))
+    response.status_code = 401
+    return response
+
+
+def _refusal_or_none(meter: str, amount: float | None, own: Anonymous | None) -> Response | None:
     extension = _extension()
     current = request.environ.get(_ENVIRON_KEY)
-    customer = current.state.customer if isinstance(current, _FlaskRequest) else None
+    state = current.state if isinstance(current, _FlaskRequest) else None
+    customer = state.customer if state is not None else None
     if customer is None:
+        policy = gate_policy(own, state) if state is not None else (own or extension.anonymous)
+        if policy == "deny":
+            return _unauthorized(
+                f"usage_limit({meter!r}): this view is metered and the request has no customer"
+            )
         return None
     status = extension.client.check_limit(customer, meter, amount=amount)
     return None if status.allowed else extension._refusal(status)
 
 
-def usage_limit(meter: str, *, amount: float | None = None) -> Callable[[ViewT], ViewT]:
+def usage_limit(
+    meter: str, *, amount: float | None = None, anonymous: Anonymous | None = None
+) -> Callable[[ViewT], ViewT]:
     """Answer 429 instead of running the view once the current customer has reached ``meter``'s limit.
 
-    With ``amount``, refuse unless that many more units fit. Anonymous requests are let through.
+    With ``amount``, refuse unless that many more units fit. Anonymous requests are let through
+    (policy ``"allow"``) or answered 401 (``"deny"``); ``anonymous=`` overrides the extension's policy.
     """
     meter = check_meter(meter)
     wanted = check_optional_amount(amount)
+    own = check_optional_anonymous(anonymous)
 
     def decorate(view: ViewT) -> ViewT:
         if inspect.iscoroutinefunction(view):
@@ -219,14 +268,14 @@ def usage_limit(meter: str, *, amount: float | None = None) -> Callable[[ViewT],
             # check blocks nothing else.
             @functools.wraps(view)
             async def limited_async_view(*args: Any, **kwargs: Any) -> Any:
-                refusal = _refusal_or_none(meter, wanted)
+                refusal = _refusal_or_none(meter, wanted, own)
                 return refusal if refusal is not None else await view(*args, **kwargs)
 
             return cast(ViewT, limited_async_view)
 
         @functools.wraps(view)
         def limited_view(*args: Any, **kwargs: Any) -> Any:
-            refusal = _refusal_or_none(meter, wanted)
+            refusal = _refusal_or_none(meter, wanted, own)
             return refusal if refusal is not None else view(*args, **kwargs)
 
         return cast(ViewT, limited_view)

@@ -1,12 +1,14 @@
 """The local engine: events, meters, billing windows, credits and reservations in SQLite or PostgreSQL.
 
-Semantics follow Polar's customer meters (``reference/polar-api.md`` §3.2, §4.2-4.3):
+Semantics follow Polar's customer meters (``server/polar/customer_meter/service.py``,
+``benefit/strategies/meter_credit/service.py``, ``subscription/service.py`` in polarsource/polar):
 
 - A customer's usage on a meter is aggregated over a *window* that starts at the latest reset.
   Windows follow the subscription's billing periods (anchored at ``started_at``), a calendar month
   (UTC) for customers without one, and a manual reset starts a new window at once.
 - Which window an event counts in is decided by when it is *ingested*, not its timestamp: a backdated
-  event that arrives after a reset counts in the new window, as in Polar (§3.2).
+  event that arrives after a reset counts in the new window, as in Polar
+  (server/polar/customer_meter/service.py).
 - ``credited`` is the plan's credit for the meter plus any rollover and grants, a running sum clamped
   at 0; ``balance = credited - consumed`` and may go negative.
 
@@ -79,7 +81,8 @@ class Window:
 
 
 class Credit(NamedTuple):
-    """A window's credit: ``units`` in all (Polar's NR + R), ``rollover`` the flagged part (R, §4.2)."""
+    """A window's credit: ``units`` in all (Polar's NR + R), ``rollover`` the flagged part (R,
+    server/polar/customer_meter/service.py)."""
 
     units: float
     rollover: float
@@ -332,7 +335,8 @@ class LocalEngine(PolarSurface, Backend):
         self, conn: Connection, customer: str, meter: CompiledMeter, window: Window
     ) -> Credit | None:
         """Credit at the start of a window: the plan's units plus what rolls over from the window
-        before (§4.2). ``None``: the plan grants nothing for this meter, so it has no limit."""
+        before (server/polar/benefit/strategies/meter_credit/service.py). ``None``: the plan grants nothing
+        for this meter, so it has no limit."""
         base = plan_units(window.plan, meter)
         if base is None:
             return None
@@ -448,7 +452,7 @@ class LocalEngine(PolarSurface, Backend):
     def _ingest_rows(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         now_us = to_us(self.time.now())
         self.time.save(conn, now_us)
-        # §1.3: first write wins, within the batch too.
+        # server/polar/event/repository.py: first write wins, within the batch too.
         seen: set[str] = set()
         fresh: list[tuple[Any, ...]] = []
         for row in rows:
@@ -584,7 +588,8 @@ class LocalEngine(PolarSurface, Backend):
         return counts
 
     def _lock_meters(self, conn: Connection, meter_ids: set[str]) -> None:
-        # §2.4: a meter that has aggregated an event can no longer change its filter or aggregation.
+        # server/polar/meter/service.py: a meter that has aggregated an event can no longer change its filter
+        # or aggregation.
         # One indexed UPDATE per batch; no in-memory shortcut, which a rolled-back transaction would
         # leave claiming a lock the database never got.
         known = [m for m in meter_ids if m in self._meters]
@@ -766,7 +771,8 @@ class LocalEngine(PolarSurface, Backend):
             )
 
     def reset_meters(self, customer_id: str, meter_id: str | None = None) -> None:
-        """Start a new window now for a customer (Polar's ``meter.reset``, §4.3). Accepts a Polar
+        """Start a new window now for a customer (Polar's ``meter.reset``,
+        server/polar/subscription/service.py). Accepts a Polar
         customer id or a customer key; resets every meter of the customer."""
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
@@ -779,9 +785,10 @@ class LocalEngine(PolarSurface, Backend):
             conn.execute(update(t.accounts).where(t.accounts.c.customer == key).values(reset_us=now_us))
 
     def grant_credits(self, customer_id: str, meter_id: str, units: float, *, rollover: bool = False) -> None:
-        """Add ``units`` (negative to revoke) to the current window's credit, clamped at 0 (§3.2).
+        """Add ``units`` (negative to revoke) to the current window's credit, clamped at 0
+        (server/polar/kit/math.py).
         ``rollover`` flags them: at the window's end the flagged part of what is left carries over
-        (§4.2); the rest does not."""
+        (server/polar/benefit/strategies/meter_credit/service.py); the rest does not."""
         with self.db.write() as conn:
             key = self._customer_key(conn, customer_id)
             meter = self._meters.get(meter_id) or self._meter_id(meter_id)
@@ -790,7 +797,8 @@ class LocalEngine(PolarSurface, Backend):
             credited = max(0.0, (row.credited or 0.0) + float(units))
             flagged = flagged_credit(row, window.plan)
             if rollover:
-                # Polar sums flagged and unflagged credit events apart (R and NR, §4.2); each is
+                # Polar sums flagged and unflagged credit events apart (R and NR,
+                # server/polar/customer_meter/service.py); each is
                 # a running sum, clamped here at 0 like the total.
                 flagged = max(0.0, flagged + float(units))
             conn.execute(

@@ -235,7 +235,8 @@ class Database:
         self, conn: Connection, rows: Sequence[Sequence[Any]], ingested_us: int
     ) -> set[str] | None:
         """Insert event rows ``(external_id, customer, external_customer_id, customer_id, name, ts_us,
-        metadata_json, source)``, skipping any whose ``external_id`` is already stored (§1.3: the first
+        metadata_json, source)``, skipping any whose ``external_id`` is already stored
+        (server/polar/event/repository.py: the first
         write wins). Returns the ``external_id`` values inserted, or ``None`` when every row was.
 
         PostgreSQL: one statement with ``ON CONFLICT DO NOTHING``, which also skips ids a concurrent

@@ -27,7 +27,8 @@ class MeterRecord:
     custom_label: str | None = None
     custom_multiplier: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: set once a matching event exists; Polar then refuses filter/aggregation changes (§2.4)
+    #: set once a matching event exists; Polar then refuses filter/aggregation changes
+    #: (server/polar/meter/service.py)
     locked: bool = False
 
 
@@ -61,7 +62,7 @@ class PolarEventIn:
     """An event as Polar's ingest endpoint takes it, already validated by the caller.
 
     Exactly one of ``customer_id`` (a Polar customer UUID) and ``external_customer_id`` is set.
-    ``external_id`` ``None`` means the event is never deduplicated (§1.3).
+    ``external_id`` ``None`` means the event is never deduplicated (server/polar/event/repository.py).
     """
 
     name: str

@@ -102,9 +102,10 @@ def accumulate(
     ts_seconds: int,
     metadata: Mapping[str, Any],
 ) -> None:
-    """Add one event to ``deltas`` for every meter it matches (§6.2 rules for what counts)."""
+    """Add one event to ``deltas`` for every meter it matches (server/polar/meter/aggregation.py rules for
+    what counts)."""
     if source != "user":
-        return  # customer meters aggregate user events only (§2.5, §3.2)
+        return  # customer meters aggregate user events only (server/polar/customer_meter/service.py)
     for m in meters:
         if m.archived or not m.matcher(name, source, ts_seconds, metadata):
             continue
@@ -152,7 +153,8 @@ def merge(state: RowState, delta: Delta, new_unique: int) -> RowState:
 
 
 def consumed_of(func: str, state: RowState) -> float:
-    """Polar's ``consumed_units`` from a rollup row; an empty set gives 0 (``COALESCE``, §3.2)."""
+    """Polar's ``consumed_units`` from a rollup row; an empty set gives 0 (``COALESCE``,
+    server/polar/customer_meter/service.py)."""
     if func in ("count", "unique"):
         return float(state.n)
     if func == "sum":
@@ -172,7 +174,7 @@ try:  # orjson is ~10x faster than json for the small objects stored per event
     def dumps(value: Any) -> str:
         try:
             return orjson.dumps(value).decode()
-        except TypeError:  # integers beyond 64 bits, which Polar accepts (§1.6)
+        except TypeError:  # integers beyond 64 bits, which Polar accepts (server/polar/kit/metadata.py)
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps source checkouts working

@@ -27,7 +27,8 @@ SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
-# Events: append-only. The unique external_id is Polar's permanent dedup key (§1.3); NULLs never clash,
+# Events: append-only. The unique external_id is Polar's permanent dedup key
+# (server/polar/event/repository.py); NULLs never clash,
 # so events sent without one are never deduplicated, as in Polar.
 events = Table(
     "pm_events",
@@ -110,7 +111,8 @@ usage = Table(
     Column("vmax", Float, nullable=True),
     Column("vmin", Float, nullable=True),
     Column("credited", Float, nullable=True),
-    # The rollover-flagged part of ``credited`` (Polar's R, §4.2), clamped at 0; NULL on rows written
+    # The rollover-flagged part of ``credited`` (Polar's R, server/polar/customer_meter/service.py), clamped
+    # at 0; NULL on rows written
     # before schema 2, read as "all of it on a rollover plan, none otherwise" (what those rows meant).
     Column("credited_rollover", Float, nullable=True),
     Column("created_us", BigInteger, nullable=False),

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PolarBackend", "default_outbox_path", "delivery_config"]
 
-# Requests/min towards a server on this machine (the emulator): Polar's limits (§5.1) do not apply,
+# Requests/min towards a server on this machine (the emulator): Polar's limits (server/polar/rate_limit.py)
+# do not apply,
 # but a ceiling still keeps a runaway loop from pinning a core.
 _LOCAL_RATE_PER_MINUTE = 60_000.0
 
@@ -82,7 +83,7 @@ class PolarBackend(Backend):
     - ``reading`` returns the customer's Polar customer meter for the catalog meter (matched by
       name), cached for ``cache_ttl`` seconds, plus the usage this process tracked that Polar has not
       counted yet and this process's holds (``polar_metering._limits``): Polar updates balances
-      ~15 s after ingest (§3.3), so ``settles_immediately`` is false.
+      ~15 s after ingest (server/polar/customer_meter/tasks.py), so ``settles_immediately`` is false.
     - ``hold``/``settle``/``release`` reserve within this process (atomic across its threads, not
       across processes: see ``docs/limits.md``).
 
@@ -93,7 +94,7 @@ class PolarBackend(Backend):
     commit (faster, but a crash loses the last few milliseconds of events: ``docs/delivery.md``);
     ``timeout`` — seconds per request;
     ``overlay`` — ``{"settle_horizon": s, "unconfirmed_horizon": s, "settle_margin": s}`` to tune
-    when tracked usage leaves the overlay (``docs/limits.md`` §3).
+    when tracked usage leaves the overlay (``docs/limits.md``).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("polar",)
@@ -264,7 +265,8 @@ def _limits(
 
 
 def _epoch(value: object) -> float | None:
-    """Polar's ``modified_at`` (the SDK keeps datetimes as ISO strings, §5.3) as epoch seconds."""
+    """Polar's ``modified_at`` (the SDK keeps datetimes as ISO strings, polar-sdk polar/base.py) as epoch
+    seconds."""
     if isinstance(value, datetime):
         return value.timestamp()
     if not isinstance(value, str) or not value:

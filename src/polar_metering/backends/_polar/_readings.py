@@ -6,7 +6,7 @@ into a :class:`MeterReading`. The cache and the overlay of unsettled usage (``_l
 
 Customer ids only ever travel as query parameters (``external_customer_id=...``), which httpx encodes,
 never in a path: the SDK does not escape path parameters, so ``user/1`` or ``a?b`` would break a
-path-based call such as ``customers.get_state_external`` (§3.4, §5.3).
+path-based call such as ``customers.get_state_external`` (polar-sdk polar/base.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ __all__ = [
 log = logging.getLogger("polar_metering")
 
 NoCredits = Literal["unlimited", "deny"]
-_PAGE = 100  # Polar clamps list limits to 100 (§3.1)
+_PAGE = 100  # Polar clamps list limits to 100 (server/polar/kit/pagination.py)
 
 
 def check_no_credits(value: object) -> NoCredits:
@@ -49,7 +49,8 @@ def normalized_definition(filter_: Any, aggregation: Any) -> dict[str, Any] | No
     """A Polar meter's filter and aggregation in our canonical JSON form, or ``None`` when they do not
     parse as a catalog filter (then they differ from anything the catalog defines).
 
-    Polar strips ``metadata.`` from properties and coerces ``2.0`` to ``2`` (§2.2, §2.3); our
+    Polar strips ``metadata.`` from properties and coerces ``2.0`` to ``2`` (server/polar/meter/filter.py);
+    our
     ``Filter``/``Aggregation`` do the same, so two definitions that Polar treats alike compare equal.
     """
     raw_filter = asdict(filter_) if not isinstance(filter_, dict) else filter_
@@ -72,7 +73,8 @@ class MeterDirectory:
 
     Polar's meter list is read once and kept. A name that is missing triggers a fresh listing at most
     every ``refresh_after`` seconds, so running ``setup`` later is picked up without a restart.
-    Names are not unique in Polar (§2.2): among several non-archived meters with one name, the one
+    Names are not unique in Polar (server/polar/meter/schemas.py): among several non-archived meters with one
+    name, the one
     whose definition equals the catalog's wins, else the oldest.
     """
 
@@ -140,7 +142,8 @@ class MeterDirectory:
 def fetch_rows(
     client: Polar, settings: PolarSettings, customer: str, meter_ids: Sequence[str]
 ) -> dict[str, Any]:
-    """The customer's customer-meter rows on these Polar meters, keyed by meter id (§3.1).
+    """The customer's customer-meter rows on these Polar meters, keyed by meter id
+    (server/polar/kit/pagination.py).
 
     One request for any number of meters: ``meter_id`` repeats in the query. An external id Polar has
     never seen simply yields no rows.
@@ -155,11 +158,12 @@ def fetch_rows(
 
 
 def to_reading(meter: Meter, customer: str, row: Any | None, no_credits: NoCredits) -> MeterReading:
-    """A :class:`MeterReading` from Polar's customer meter (§3.2).
+    """A :class:`MeterReading` from Polar's customer meter (server/polar/customer_meter/service.py).
 
     ``consumed`` is ``consumed_units``. ``credited`` is ``credited_units`` when positive. A customer
     without credits on the meter (no row: unknown to Polar or no activity yet; or a row with 0
-    credited units: pay-as-you-go, revoked, or between a reset and the new grant, §4.3) gets
+    credited units: pay-as-you-go, revoked, or between a reset and the new grant,
+    server/polar/subscription/service.py) gets
     ``credited=None`` (no limit) under ``no_credits="unlimited"`` and ``credited=0`` (every use
     refused) under ``no_credits="deny"``.
     """

@@ -39,7 +39,7 @@ try:
     )
 
     # The Polar API version this library speaks. Change it here and nowhere else: the event, meter
-    # and customer-meter shapes are identical across the SDK's version modules (§5.3).
+    # and customer-meter shapes are identical across the SDK's version modules (polar-sdk polar/base.py).
     from polar.v2026_10 import Polar
     from polar.v2026_10.errors import HTTPValidationError
     from polar.v2026_10.outputs import EventsIngestResponse
@@ -64,7 +64,7 @@ __all__ = [
 #: the ``Polar-Version`` header value the pinned SDK module sends
 API_VERSION: str = Polar.version
 ENV_TOKEN = "POLAR_ACCESS_TOKEN"
-#: the SDK's own default (§5.3); a limit check must not hang longer than this
+#: the SDK's own default (polar-sdk polar/base.py); a limit check must not hang longer than this
 DEFAULT_TIMEOUT = 5.0
 _SERVERS = {"production": "https://api.polar.sh", "sandbox": "https://sandbox-api.polar.sh"}
 _URL_OPTIONS = frozenset({"base_url", "timeout", "no_credits"})
@@ -171,6 +171,11 @@ def resolve_settings(
     elif base_url:
         base = _check_base_url(base_url, "base_url / POLAR_BASE_URL")
     if not isinstance(access_token, str) or not access_token.strip():
+        if base is not None:
+            raise ConfigurationError(
+                f"access_token: the server at {base} (base_url / POLAR_BASE_URL) needs a token; set "
+                f"{ENV_TOKEN} to the one it accepts (for the emulator, its --token)"
+            )
         raise ConfigurationError(
             f"access_token: a Polar organization access token is required; set {ENV_TOKEN} "
             f"(create one in the Polar dashboard under Settings > Developers, {env} environment)"
@@ -210,7 +215,14 @@ def _raise_mapped(exc: PolarError, action: str, settings: PolarSettings | None) 
     where = f"Polar {settings.environment}" if settings and not settings.base_url else "Polar"
     if settings and settings.base_url:
         where = f"Polar at {settings.base_url}"
-    # PolarRateLimitError subclasses PolarClientError, so it is matched first (§5.3).
+    # The server the token was actually sent to: production, the sandbox, or POLAR_BASE_URL's.
+    if settings is None:
+        token_for = "the Polar environment you meant"
+    elif settings.base_url:
+        token_for = f"the server at {settings.base_url} (base_url / POLAR_BASE_URL)"
+    else:
+        token_for = f"Polar {settings.environment} ({settings.server})"
+    # PolarRateLimitError subclasses PolarClientError, so it is matched first (polar-sdk polar/base.py).
     if isinstance(exc, PolarRateLimitError):
         wait = f"; retry after {exc.retry_after} s" if exc.retry_after is not None else ""
         raise RateLimited(
@@ -229,7 +241,7 @@ def _raise_mapped(exc: PolarError, action: str, settings: PolarSettings | None) 
             problem = "rejected the access token" if status == 401 else "refused: the token lacks a scope"
             raise AuthenticationError(
                 f"{action}: {where} {problem} ({status}); check {ENV_TOKEN} is an organization token "
-                f"for the {settings.environment if settings else 'right'} environment",
+                f"for {token_for}",
                 status_code=status,
             ) from exc
         if status == 404:
@@ -276,7 +288,8 @@ def polar_errors(action: str, settings: PolarSettings | None = None) -> Iterator
     except ValueError as exc:
         if isinstance(exc, MeteringError):
             raise
-        # §5.3: the SDK lets two response problems out unwrapped: int() of a date-form Retry-After,
+        # polar-sdk polar/base.py: the SDK lets two response problems out unwrapped: int() of a date-form
+        # Retry-After,
         # and a non-JSON body on an error status it maps. Both mean an answer we cannot read.
         secret = settings.access_token if settings else None
         raise BackendUnavailable(redact(f"{action}: unreadable response from Polar: {exc}", secret)) from exc

@@ -1,4 +1,5 @@
-"""The delivery transport for Polar: one ``events.ingest`` call of the official SDK per batch (§1.1)."""
+"""The delivery transport for Polar: one ``events.ingest`` call of the official SDK per batch
+(server/polar/event/endpoints.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class SdkTransport:
                 client = self._client = self._client or open_client(self._settings)
         with polar_errors("ingest events", self._settings):
             # The SDK sends the events as they are: ISO-8601 timestamps with an offset, never
-            # organization_id (an organization token forbids it, §1.5).
+            # organization_id (an organization token forbids it, server/polar/event/service.py).
             response = client.events.ingest(
                 events=events,  # type: ignore[arg-type]
                 request_timeout=timeout,

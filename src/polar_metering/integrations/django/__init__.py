@@ -12,6 +12,11 @@ Configure in ``settings.py``; nothing is read until the first request::
 
 and gate views with ``@usage_limit("ai_tokens")`` (sync or async views). The middleware is sync- and
 async-capable, so it adds no thread hop under ASGI.
+
+Anonymous requests (the resolver returned ``None``): ``"ANONYMOUS": "allow"`` (the default) lets them
+past ``@usage_limit`` unchecked and untracked; ``"deny"`` answers 401 ``{"error": "Authentication
+required", "detail": ...}``. A library call that needs the current customer in an anonymous request
+answers 401 too (through the middleware) instead of a 500.
 """
 
 from __future__ import annotations
@@ -35,15 +40,20 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     ) from exc
 
 import polar_metering as metering
-from polar_metering._exceptions import ConfigurationError, UsageLimitExceeded
+from polar_metering._exceptions import ConfigurationError, NoCurrentCustomer, UsageLimitExceeded
 from polar_metering.integrations._common import (
+    Anonymous,
     AsyncCalls,
     RequestState,
+    anonymous_body,
+    check_anonymous,
     check_meter,
     check_optional_amount,
+    check_optional_anonymous,
     check_paths,
     check_resolver,
     customer_scope,
+    gate_policy,
     import_object,
     is_excluded,
     limit_body,
@@ -73,7 +83,7 @@ _INIT_KEYS = {
     "BASE_URL": "base_url",
     "FAIL_OPEN": "fail_open",
 }
-_KEYS = {*_INIT_KEYS, "RESOLVER", "TRACK_REQUESTS", "EXCLUDE_PATHS", "OPTIONS"}
+_KEYS = {*_INIT_KEYS, "RESOLVER", "TRACK_REQUESTS", "EXCLUDE_PATHS", "OPTIONS", "ANONYMOUS"}
 _REQUEST_ATTR = "_polar_metering"
 
 
@@ -83,6 +93,7 @@ class _Config:
     track_requests: bool
     exclude_paths: tuple[str, ...]
     init_kwargs: Mapping[str, Any]
+    anonymous: Anonymous = "allow"
 
 
 _lock = threading.Lock()
@@ -116,7 +127,17 @@ def _load_config() -> _Config:
         track_requests=bool(raw.get("TRACK_REQUESTS", True)),
         exclude_paths=check_paths(raw.get("EXCLUDE_PATHS", ())),
         init_kwargs=init_kwargs,
+        anonymous=_anonymous_setting(raw.get("ANONYMOUS", "allow")),
     )
+
+
+def _anonymous_setting(value: object) -> Anonymous:
+    try:
+        return check_anonymous(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"settings.POLAR_METERING['ANONYMOUS']: must be 'allow' or 'deny', got {value!r}"
+        ) from None
 
 
 def _settings() -> _Config:
@@ -171,7 +192,7 @@ def _state(request: Any) -> RequestState:
     if state is None:
         resolver = _settings().resolver
         customer = async_to_sync(resolver)(request) if iscoroutinefunction(resolver) else resolver(request)
-        state = RequestState(resolved_customer(customer))
+        state = RequestState(resolved_customer(customer), anonymous=_settings().anonymous)
         setattr(request, _REQUEST_ATTR, state)
     return cast(RequestState, state)
 
@@ -182,9 +203,13 @@ async def _astate(request: Any) -> RequestState:
         customer = _settings().resolver(request)
         if inspect.isawaitable(customer):
             customer = await customer
-        state = RequestState(resolved_customer(customer))
+        state = RequestState(resolved_customer(customer), anonymous=_settings().anonymous)
         setattr(request, _REQUEST_ATTR, state)
     return cast(RequestState, state)
+
+
+def _unauthorized(detail: str) -> Any:
+    return JsonResponse(anonymous_body(detail), status=401)
 
 
 def _refusal(request: Any, status: UsageStatus) -> Any:
@@ -265,18 +290,28 @@ class MeteringMiddleware:
     def process_exception(self, request: Any, exception: Exception) -> Any:
         if isinstance(exception, UsageLimitExceeded):
             return _refusal(request, exception.status)
+        state = getattr(request, _REQUEST_ATTR, None)
+        anonymous = isinstance(state, RequestState) and state.customer is None
+        if isinstance(exception, NoCurrentCustomer) and anonymous:
+            return _unauthorized(str(exception))  # anonymous: a 401, not a server error
         return None
 
 
-def usage_limit(meter: str, *, amount: float | None = None) -> Callable[[ViewT], ViewT]:
+def usage_limit(
+    meter: str, *, amount: float | None = None, anonymous: Anonymous | None = None
+) -> Callable[[ViewT], ViewT]:
     """Answer 429 instead of running the view once the current customer has reached ``meter``'s limit.
 
     With ``amount``, refuse unless that many more units fit. Works on sync and async views, with or
     without the middleware (without it, the decorator resolves the customer itself). Anonymous
-    requests are let through.
+    requests are let through (policy ``"allow"``) or answered 401 (``"deny"``); ``anonymous=``
+    overrides ``POLAR_METERING["ANONYMOUS"]`` for this view.
     """
     meter = check_meter(meter)
     wanted = check_optional_amount(amount)
+    own = check_optional_anonymous(anonymous)
+    gate = f"usage_limit({meter!r})"
+    denied = f"{gate}: this view is metered and the request has no customer"
 
     def decorate(view: ViewT) -> ViewT:
         if iscoroutinefunction(view):
@@ -285,6 +320,8 @@ def usage_limit(meter: str, *, amount: float | None = None) -> Callable[[ViewT],
             async def limited_async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
                 await _aget_client()
                 state = await _astate(request)
+                if state.customer is None and gate_policy(own, state) == "deny":
+                    return _unauthorized(denied)
                 if state.customer is not None:
                     status = await _calls.check_limit(state.customer, meter, wanted)
                     if not status.allowed:
@@ -297,6 +334,8 @@ def usage_limit(meter: str, *, amount: float | None = None) -> Callable[[ViewT],
         @functools.wraps(view)
         def limited_view(request: Any, *args: Any, **kwargs: Any) -> Any:
             state = _state(request)
+            if state.customer is None and gate_policy(own, state) == "deny":
+                return _unauthorized(denied)
             if state.customer is not None:
                 status = get_client().check_limit(state.customer, meter, amount=wanted)
                 if not status.allowed:

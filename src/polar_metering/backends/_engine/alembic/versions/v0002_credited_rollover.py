@@ -3,7 +3,8 @@
 Revision ID: 0002
 Revises: 0001
 
-Polar carries over only rollover-flagged credit (§4.2), so a window must know how much of its
+Polar carries over only rollover-flagged credit (server/polar/customer_meter/service.py), so a window must
+know how much of its
 credit is flagged. Existing rows keep NULL, which the engine reads as version 1 did: the whole
 credit on a rollover plan, none on any other.
 """
