@@ -1,4 +1,5 @@
-"""Meters, filters, aggregations, plans and catalog loading (DESIGN §1; reference/polar-api.md §2.2, §2.3)."""
+"""Meters, filters, aggregations, plans and catalog loading (the default meters: docs/index.md; Polar's
+rules: server/polar/meter/schemas.py, filter.py, aggregation.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from polar_metering._catalog import (
 )
 from polar_metering._exceptions import ConfigurationError
 
-# --- the four default meters (DESIGN §1) ----------------------------------------------------------------
+# --- the four default meters (docs/index.md, "Meters") -----------------------------------------------
 
 
 def test_default_meters_are_exactly_the_four_from_the_design() -> None:
@@ -73,7 +74,8 @@ def test_default_catalog() -> None:
     ],
 )
 def test_metadata_prefix_is_stripped(given_prop: str, stored: str) -> None:
-    """§2.3: a leading ``metadata.`` is dropped in clauses and aggregations alike."""
+    """A leading ``metadata.`` is dropped in clauses and aggregations alike (``_strip_metadata_prefix``
+    in server/polar/meter/filter.py and aggregation.py)."""
     assert normalize_property(given_prop) == stored
     assert FilterClause(given_prop, "eq", 1).property == stored
     assert Aggregation.sum(given_prop).property == stored
@@ -184,7 +186,8 @@ def test_unknown_aggregation_funcs_are_rejected(func: Any) -> None:
     ],
 )
 def test_aggregation_from_polar_errors(data: Any, field: str) -> None:
-    """§2.2: func is required on input; property aggregations need property."""
+    """func is required on input (``Discriminator("func")`` on ``Aggregation`` in
+    server/polar/meter/aggregation.py); property aggregations need property."""
     with pytest.raises(ConfigurationError, match=field):
         Aggregation.from_polar(data)
 

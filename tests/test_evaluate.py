@@ -1,4 +1,5 @@
-"""Polar's SQL-path filter and aggregation semantics (reference/polar-api.md §2.3, §6.1, §6.2)."""
+"""Polar's SQL-path filter and aggregation semantics (``get_sql_clause`` and ``get_sql_column`` in
+server/polar/meter/filter.py and server/polar/meter/aggregation.py; see docs/semantics.md)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def matches(
     return compile_filter(Filter("and", (clause,)))(name, source, ts, metadata or {})
 
 
-# --- column properties: name, source, timestamp (§6.1, §2.3) -------------------------------------------
+# --- column properties: name, source, timestamp (Event._filterable_fields, server/polar/models/event.py) --
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,8 @@ def test_timestamp_column_compares_epoch_seconds(op: str, value: int, expected: 
 
 
 def test_timestamp_like_casts_epoch_to_text() -> None:
-    """§6.1's own example: ``not_like 345`` excludes epoch 1234567890; ``like`` finds it."""
+    """``like`` on ``timestamp`` casts the epoch to text (``FilterClause.get_sql_clause``):
+    ``not_like 345`` excludes epoch 1234567890; ``like`` finds it."""
     assert matches("timestamp", "like", 345) is True
     assert matches("timestamp", "not_like", 345) is False
     assert matches("timestamp", "like", 999) is False
@@ -131,14 +133,15 @@ def test_timestamp_like_bool_searches_its_text() -> None:
 
 
 def test_metadata_keys_named_like_columns_cannot_be_filtered() -> None:
-    """§2.3: ``name``/``metadata.name`` address the event column, never a metadata key."""
+    """``name``/``metadata.name`` address the event column, never a metadata key (the prefix is
+    stripped, then ``Event._filterable_fields`` wins)."""
     meta = {"name": "from-metadata"}
     assert matches("name", "eq", "from-metadata", meta) is False
     assert matches("metadata.name", "eq", "from-metadata", meta) is False
     assert matches("metadata.name", "eq", "api.request", meta) is True
 
 
-# --- metadata typing rules (§6.1 SQL path) ---------------------------------------------------------------
+# --- metadata typing rules (the jsonb_typeof CASE of FilterClause.get_sql_clause) -----------------------
 
 
 @pytest.mark.parametrize(
@@ -181,7 +184,8 @@ def test_metadata_keys_named_like_columns_cannot_be_filtered() -> None:
     ],
 )
 def test_metadata_comparison_typing(stored: Any, op: str, value: str | int | bool, expected: bool) -> None:
-    """String vs number vs bool: each JSON type compares only with the clause values §6.1 allows."""
+    """String vs number vs bool: each JSON type compares only with the clause values its CASE branch
+    allows."""
     assert matches("k", op, value, {"k": stored}) is expected
 
 
@@ -202,7 +206,8 @@ def test_json_null_never_matches(op: str) -> None:
 @pytest.mark.parametrize("op", COMPARISONS)
 @pytest.mark.parametrize("value", ["usd", 150, True])
 def test_object_never_compares(op: str, value: str | int | bool) -> None:
-    """An object has no CASE branch (§6.1): eq, ne and the orderings are all false."""
+    """An object has no CASE branch (``FilterClause.get_sql_clause``): eq, ne and the orderings are all
+    false."""
     assert matches("_cost", op, value, {"_cost": {"amount": 150, "currency": "usd"}}) is False
 
 
@@ -247,7 +252,8 @@ def test_like_is_case_sensitive_literal_substring(
 
 
 def test_nested_dotted_paths() -> None:
-    """Dots traverse nested objects (§2.3); the ``metadata.`` prefix is stripped first."""
+    """Dots traverse nested objects (``get_nested_metadata_attr`` in server/polar/kit/metadata.py); the
+    ``metadata.`` prefix is stripped first."""
     meta = {"_llm": {"vendor": "openai", "model": "gpt-4", "total_tokens": 1500}}
     assert matches("_llm.total_tokens", "gt", 1000, meta) is True
     assert matches("metadata._llm.total_tokens", "gte", 1500, meta) is True
@@ -280,7 +286,7 @@ def test_lookup_reports_missing_and_present() -> None:
 
 @pytest.mark.parametrize("conjunction", ["and", "or"])
 def test_empty_filter_matches_everything(conjunction: str) -> None:
-    """§6.1: zero clauses match every event, for and and or alike."""
+    """Zero clauses match every event, for and and or alike (``Filter.get_sql_clause``)."""
     match = compile_filter(Filter(conjunction, ()))  # type: ignore[arg-type]
     assert match("anything", "system", 0, {}) is True
     assert match("x", "user", EPOCH, {"k": None}) is True
@@ -407,7 +413,7 @@ def test_nested_filters_compose(
     assert compile_filter(Filter("or", (inner_l, inner_r)))(*event) is (lv or rv)
 
 
-# --- aggregation readers (§6.2) -------------------------------------------------------------------------
+# --- aggregation readers (server/polar/meter/aggregation.py) --------------------------------------------
 
 EVENTS: list[dict[str, Any]] = [
     {"size_gb": 1},
@@ -450,7 +456,8 @@ def test_count_reads_one_per_event_even_without_the_property() -> None:
 
 
 def test_timestamp_aggregates_epoch_seconds_and_name_source_give_nothing() -> None:
-    """§2.3: sum/max on timestamp read epoch seconds; on name or source they read nothing."""
+    """sum/max on timestamp read epoch seconds; on name or source they read nothing
+    (``PropertyAggregation.get_sql_clause``)."""
     assert read_all(Aggregation.max("timestamp"), [{}, {"timestamp": 5}], ts=EPOCH) == [float(EPOCH)] * 2
     assert read_all(Aggregation.sum("name"), [{"name": 5}]) == []
     assert read_all(Aggregation.sum("source"), [{"source": 5}]) == []
@@ -482,7 +489,8 @@ def test_unique_key_follows_jsonb_equality() -> None:
 
 
 def test_unique_reader_counts_distinct_values_and_reads_metadata_even_for_name() -> None:
-    """unique always reads metadata (§2.3): on ``name`` it means ``metadata.name``."""
+    """unique always reads metadata (``UniqueAggregation.get_sql_column``): on ``name`` it means
+    ``metadata.name``."""
     users: list[dict[str, Any]] = [
         {"user_id": "u1"},
         {"user_id": "u2"},

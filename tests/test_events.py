@@ -1,4 +1,5 @@
-"""Event validation by Polar's ingest rules (reference/polar-api.md §1.2, §1.6) and external ids."""
+"""Event validation by Polar's ingest rules (server/polar/event/schemas.py, server/polar/kit/metadata.py,
+server/polar/kit/schemas.py; see docs/semantics.md) and external ids."""
 
 from __future__ import annotations
 
@@ -91,11 +92,12 @@ def test_customer_id_must_be_a_non_empty_string(bad: object) -> None:
     ],
 )
 def test_nul_characters_are_rejected_anywhere(field: str, kwargs: dict[str, Any]) -> None:
-    """§1.2: any string at any depth containing NUL is rejected."""
+    """Any string at any depth containing NUL is rejected (``Schema._reject_nul_characters`` in
+    server/polar/kit/schemas.py)."""
     rejects(field, **kwargs)
 
 
-# --- metadata values (§1.6) -----------------------------------------------------------------------------
+# --- metadata values (MetadataValue, server/polar/kit/metadata.py) -------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -191,7 +193,8 @@ def test_metadata_keys_must_be_strings() -> None:
 
 
 def test_metadata_keys_have_no_length_or_count_limit() -> None:
-    """§1.6: the 40-char key and 50-pair limits are documented but not enforced for events."""
+    """The 40-char key and 50-pair limits are documented (``METADATA_DESCRIPTION``) but not enforced for
+    events: ``EventMetadataInput`` in server/polar/event/schemas.py constrains values only."""
     meta = {("k" * 41) + str(i): i for i in range(60)}
     assert validate_metadata(meta) == meta
 
@@ -294,7 +297,8 @@ def test_cost_amount_is_required() -> None:
 
 @pytest.mark.parametrize(("currency", "ok"), [("usd", True), ("xusdx", True), ("USD", False), ("eur", False)])
 def test_cost_currency_is_an_unanchored_usd_match(currency: str, ok: bool) -> None:
-    """§1.6: the regex ``usd`` is unanchored and case-sensitive."""
+    """The regex ``usd`` (``CostMetadata`` in server/polar/event/schemas.py) is unanchored and
+    case-sensitive."""
     meta = {"_cost": {"amount": 1, "currency": currency}}
     if ok:
         assert validate_metadata(meta) == meta
@@ -340,7 +344,7 @@ def test_llm_field_rules(change: dict[str, Any], field: str) -> None:
     rejects(field, metadata={"_llm": llm})
 
 
-# --- timestamps (§1.2) ----------------------------------------------------------------------------------
+# --- timestamps (AwareDatetime and is_past_timestamp, server/polar/event/schemas.py) ------------------
 
 
 def test_timestamp_must_be_aware() -> None:

@@ -97,7 +97,8 @@ def test_enqueue_validates_before_queueing_anything(tmp_path: Path) -> None:
 
 
 def test_dicts_with_big_integers_are_stored(tmp_path: Path) -> None:
-    """Polar takes integers of any size (§1.6); they survive encoding even past 64 bits."""
+    """Polar takes integers of any size (``MetadataValue`` in server/polar/kit/metadata.py is a plain
+    ``int``); they survive encoding even past 64 bits."""
     outbox = Outbox(fast_config(tmp_path / "o.db"), background=False)
     body = {"name": "n", "external_customer_id": "u", "external_id": "big", "metadata": {"n": 10**30}}
     outbox.enqueue([body])

@@ -39,7 +39,8 @@ SKEW = "Value error, Timestamp must be in the past."
 
 
 def future_timestamp_errors(i: int) -> list[dict[str, object]]:
-    """The three errors Polar returns for one event with a future timestamp (§1.2)."""
+    """The three errors Polar returns for one event with a future timestamp: ``is_past_timestamp`` in
+    server/polar/event/schemas.py fails, once per branch of the ``EventCreate`` union."""
     return [
         {
             "type": "value_error",
@@ -245,7 +246,8 @@ def test_too_large_and_refused_plans() -> None:
 
 # -- configuration -------------------------------------------------------------------------------------------
 def test_config_defaults_stay_under_polar_limits(tmp_path: object) -> None:
-    """Default rates are 80% of Polar's per-environment limit (§5.1)."""
+    """Default rates are 80% of Polar's per-environment limit (``_PRODUCTION_RULES`` and
+    ``_SANDBOX_RULES`` in server/polar/rate_limit.py)."""
     assert DeliveryConfig().rate_limit_per_minute == 400
     assert DeliveryConfig(environment="sandbox").rate_limit_per_minute == 80
     assert DeliveryConfig().requests_per_second == pytest.approx(400 / 60)

@@ -11,8 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTING = Path(__file__).with_name("polar_c6c3645_files.txt")
-SWEPT = ("src", "docs", "examples", "bench")
+SWEPT = ("src", "docs", "examples", "bench", "tests")
 SUFFIXES = {".py", ".md", ".toml", ".html", ".js", ".css", ".txt", ".yml", ".yaml", ".cfg"}
+#: Files the sweep does not read. This module names the forbidden forms in order to forbid them.
+EXEMPT = {"tests/docs/test_citations.py"}
+#: TEMPORARY: being rewritten on another branch right now, citations included; remove these two as
+#: soon as that lands, so the sweep covers them too.
+EXEMPT_FOR_NOW = {"tests/conformance/polar_harness.py", "tests/conformance/test_backends.py"}
 
 FORBIDDEN = {
     "an internal study": re.compile(r"polar-api(\.md)?|shared/reference|DESIGN(\.md| §)"),
@@ -27,7 +32,8 @@ def _files() -> list[Path]:
     found = [ROOT / "README.md", ROOT / "mkdocs.yml"]
     for top in SWEPT:
         found += [p for p in (ROOT / top).rglob("*") if p.suffix in SUFFIXES and "__pycache__" not in p.parts]
-    return [p for p in found if p.is_file()]
+    skip = EXEMPT | EXEMPT_FOR_NOW
+    return [p for p in found if p.is_file() and p.relative_to(ROOT).as_posix() not in skip]
 
 
 def _polar_files() -> set[str]:
@@ -51,6 +57,14 @@ def test_cites_only_public_sources(path: Path) -> None:
         if f"docs/{page}.mdx" not in polar and f"docs/{page}/index.mdx" not in polar:
             problems.append(f"https://docs.polar.sh/{page} is not a page of Polar's docs at c6c3645")
     assert not problems, "\n".join(problems)
+
+
+def test_the_sweep_covers_the_tests() -> None:
+    swept = {p.relative_to(ROOT).as_posix() for p in _files()}
+    assert {"tests/test_events.py", "tests/emulator/test_emulator_ingest.py"} <= swept
+    assert not swept & (EXEMPT | EXEMPT_FOR_NOW)
+    # an exemption naming a file that is gone is dropped rather than kept
+    assert all((ROOT / name).is_file() for name in EXEMPT | EXEMPT_FOR_NOW)
 
 
 def test_the_listing_is_what_it_says() -> None:

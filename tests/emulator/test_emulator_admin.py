@@ -42,7 +42,8 @@ def test_admin_customer_grant_and_revoke(polar: Polar, emulator: EmulatorHandle,
     assert (granted["meter_id"], granted["units"]) == (meter.id, 10)
     assert _row(polar, uid) == (2.0, 10, 8.0)
     admin.grant(created["id"], meter.id, -25, by_external_id=False)
-    assert _row(polar, uid) == (2.0, 0, -2.0)  # the running credit is clamped at zero (§3.2)
+    # the running credit is clamped at zero (non_negative_running_sum in server/polar/kit/math.py)
+    assert _row(polar, uid) == (2.0, 0, -2.0)
 
 
 def test_admin_plan_subscribe_and_reset(polar: Polar, emulator: EmulatorHandle, uid: str) -> None:

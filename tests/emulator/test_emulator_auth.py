@@ -1,4 +1,6 @@
-"""Bearer auth, transport errors and the rate limit of a real emulator process (§5.1, §5.2)."""
+"""Bearer auth, transport errors and the rate limit of a real emulator process, after Polar's
+``server/polar/exceptions.py`` (``Unauthorized``), ``server/polar/auth/dependencies.py`` and
+``server/polar/rate_limit.py``."""
 
 from __future__ import annotations
 
@@ -54,7 +56,9 @@ def limited() -> Iterator[EmulatorHandle]:
 
 
 def test_rate_limit_is_per_token_with_retry_after_60(limited: EmulatorHandle) -> None:
-    """§5.1: a fixed 60 s window per token, then 429 with an empty body and ``Retry-After: 60``."""
+    """A fixed 60 s window per token, then 429 with an empty body and ``Retry-After: 60``: the minute
+    rules of server/polar/rate_limit.py (an unknown token counts under ``pending_auth``, keyed by its
+    hash) on asgi-ratelimit's Redis backend; https://docs.polar.sh/api-reference/introduction."""
     url = f"{limited.base_url}/v1/meters/"
     stranger = {"Authorization": "Bearer someone-else"}
     assert [httpx.get(url, headers=stranger).status_code for _ in range(4)] == [401, 401, 401, 429]

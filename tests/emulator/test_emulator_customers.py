@@ -1,4 +1,5 @@
-"""Customers, customer meters and customer state over polar-sdk against a real emulator (§3)."""
+"""Customers, customer meters and customer state over polar-sdk against a real emulator, after
+Polar's server/polar/customer_meter/service.py and server/polar/customer/service.py."""
 
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def test_customer_meters_report_consumed_credited_and_balance(
 
 
 def test_balance_goes_negative(polar: Polar, uid: str) -> None:
-    """§3.2: Polar never blocks usage; the balance simply goes below zero."""
+    """Polar never blocks usage; the balance simply goes below zero (``update_customer_meter`` in
+    server/polar/customer_meter/service.py: credited minus consumed, unclamped)."""
     meter_id, customer_id = _setup(polar, uid)
     (row,) = polar.customer_meters.list(customer_id=customer_id, meter_id=meter_id).items
     assert (row.consumed_units, row.credited_units, row.balance) == (7.0, 0, -7.0)
@@ -144,7 +146,8 @@ def test_customer_meter_paging_clamp_sorting_and_errors(polar: Polar, uid: str) 
     assert [r.meter_id for r in by_name.items] == [meters[2]]
     assert (by_name.pagination.total_count, by_name.pagination.max_page) == (3, 2)
     clamped = polar.customer_meters.list(customer_id=customer.id, limit=1000)
-    assert clamped.pagination.max_page == 1  # limit above 100 is clamped, not refused (§3.1)
+    # a limit above 100 is clamped, not refused (get_pagination_params in server/polar/kit/pagination.py)
+    assert clamped.pagination.max_page == 1
     for bad in ({"page": 0}, {"limit": 0}, {"sorting": ["-colour"]}):
         with pytest.raises(HTTPValidationError) as exc:
             polar.customer_meters.list(**bad)  # type: ignore[arg-type]
@@ -160,7 +163,8 @@ def test_archived_meters_are_hidden_unless_asked_for(polar: Polar, uid: str) -> 
         r.meter_id for r in polar.customer_meters.list(customer_id=customer_id, meter_id=meter_id).items
     ] == [meter_id]
     state = polar.customers.get_state(customer_id)
-    assert meter_id in [m.meter_id for m in state.active_meters]  # §3.4: no archived filter on state
+    # no archived filter on state: get_state in server/polar/customer/service.py lists every row
+    assert meter_id in [m.meter_id for m in state.active_meters]
 
 
 def test_customer_state_by_id_and_external_id(polar: Polar, uid: str) -> None:
@@ -179,7 +183,8 @@ def test_customer_state_by_id_and_external_id(polar: Polar, uid: str) -> None:
 
 
 def test_external_ids_with_reserved_characters_work_when_percent_encoded(polar: Polar, uid: str) -> None:
-    """§3.4: the SDK does not encode path params; callers who encode ``/ ? #`` reach the customer."""
+    """polar-sdk's ``polar/base.py`` (``build_request``) does not encode path params; callers who
+    encode ``/ ? #`` reach the customer."""
     odd = f"{uid}/team?x=1#frag ü"
     created = polar.customers.create(email=f"{uid}@example.com", external_id=odd)
     encoded = quote(odd, safe="")

@@ -1,4 +1,5 @@
-"""POST /v1/events/ingest and GET /v1/events/ through polar-sdk against a real emulator process (§1)."""
+"""POST /v1/events/ingest and GET /v1/events/ through polar-sdk against a real emulator process, after
+Polar's server/polar/event/endpoints.py, schemas.py, service.py and repository.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _count(polar: Polar, external: str) -> int:
 
 
 def test_ingest_counts_inserted_and_duplicates_forever(polar: Polar, uid: str) -> None:
-    """external_id dedups forever, in-batch repeats included; events without one never dedup (§1.3)."""
+    """external_id dedups forever, in-batch repeats included; events without one never dedup
+    (``insert_batch`` in server/polar/event/repository.py)."""
     who = f"{uid}-u"
     first = polar.events.ingest(
         events=[
@@ -52,7 +54,8 @@ def test_empty_batch_is_accepted(polar: Polar) -> None:
 
 
 def test_future_timestamp_fails_both_branches_at_its_index_and_stores_nothing(polar: Polar, uid: str) -> None:
-    """The §1.2 example: three errors at index 1, and the valid event 0 is not stored either."""
+    """Three errors at index 1 (``is_past_timestamp`` in server/polar/event/schemas.py, per union
+    branch), and the valid event 0 is not stored either (``ingest`` in server/polar/event/service.py)."""
     who = f"{uid}-u"
     with pytest.raises(HTTPValidationError) as exc:
         polar.events.ingest(
@@ -116,7 +119,8 @@ def test_schema_errors_are_located_per_branch(
 
 
 def test_null_metadata_value_fails_all_four_value_types(polar: Polar, uid: str) -> None:
-    """§1.6: null is none of str/int/float/bool, so each branch reports four errors for it."""
+    """null is none of str/int/float/bool (``MetadataValue`` in server/polar/kit/metadata.py), so each
+    branch reports four errors for it."""
     with pytest.raises(HTTPValidationError) as exc:
         polar.events.ingest(events=[{"name": "e", "external_customer_id": uid, "metadata": {"k": None}}])
     tails = [d.loc[-1] for d in _detail(exc) if d.loc[3] == "EventCreateExternalCustomer"]
@@ -124,7 +128,9 @@ def test_null_metadata_value_fails_all_four_value_types(polar: Polar, uid: str) 
 
 
 def test_metadata_limits_documented_but_not_enforced_for_events(polar: Polar, uid: str) -> None:
-    """§1.6: a 41-character key, 60 keys and any ``usd``-containing currency pass."""
+    """A 41-character key, 60 keys and any ``usd``-containing currency pass: ``EventMetadataInput`` in
+    server/polar/event/schemas.py bounds neither keys nor pairs, and ``CostMetadata`` matches ``usd``
+    unanchored."""
     metadata: dict[str, Any] = {f"k{i}": i for i in range(60)}
     metadata["x" * 41] = "long key"
     metadata["_cost"] = {"amount": "1.5", "currency": "xusdx"}
@@ -135,7 +141,8 @@ def test_metadata_limits_documented_but_not_enforced_for_events(polar: Polar, ui
 
 
 def test_integers_beyond_64_bits_are_accepted(polar: Polar, uid: str) -> None:
-    """§1.6: Polar's probe accepted ``10**30`` as a metadata value; it is stored exactly."""
+    """``10**30`` is a valid metadata value (``MetadataValue`` in server/polar/kit/metadata.py is an
+    unbounded ``int``); it is stored exactly."""
     result = polar.events.ingest(
         events=[{"name": "e", "external_customer_id": uid, "metadata": {"n": 10**30}}]
     )
@@ -245,7 +252,8 @@ def test_structured_metadata_round_trips_in_sdk_types(polar: Polar, uid: str) ->
 
 
 def test_both_customer_ids_resolve_as_external_customer(polar: Polar, uid: str) -> None:
-    """§1.2: with both ids the external-customer variant wins (the customer id is then ignored)."""
+    """With both ids the external-customer variant wins (the customer id is then ignored), as
+    pydantic resolves the ``EventCreate`` union of server/polar/event/schemas.py."""
     ghost = "0b0e6b1e-8f7c-4a55-9a77-3f4b0c1d2e3f"
     result = polar.events.ingest(
         events=[
@@ -291,7 +299,8 @@ def test_list_refuses_non_positive_paging(polar: Polar) -> None:
 
 
 def test_external_events_show_their_customer_once_it_exists(polar: Polar, uid: str) -> None:
-    """§1.7: the customer is resolved at read time; customer_id stays null."""
+    """The customer is resolved at read time (the ``Event.customer`` relationship in
+    server/polar/models/event.py); customer_id stays null."""
     polar.events.ingest(events=[{"name": "e", "external_customer_id": uid}])
     (before,) = polar.events.list(external_customer_id=uid).items
     assert before.customer is None

@@ -1,4 +1,5 @@
-"""Meters over polar-sdk against a real emulator process (§2.1 to §2.6)."""
+"""Meters over polar-sdk against a real emulator process, after Polar's
+server/polar/meter/endpoints.py, schemas.py and service.py."""
 
 from __future__ import annotations
 
@@ -41,13 +42,15 @@ def test_create_get_and_list(polar: Polar, uid: str) -> None:
     assert created.archived_at is None
     assert created.metadata == {"team": "ai"}
     assert isinstance(created.aggregation, PropertyAggregation)
-    assert created.aggregation.property == "tokens"  # §2.3: the metadata. prefix is stripped
+    # the metadata. prefix is stripped (_strip_metadata_prefix in server/polar/meter/aggregation.py)
+    assert created.aggregation.property == "tokens"
     first = created.filter.clauses[0]
     assert isinstance(first, FilterClause)
     assert (first.property, first.operator, first.value) == ("model", "like", "gpt")
     nested = created.filter.clauses[1]
     assert not isinstance(nested, FilterClause)
-    assert nested.clauses[0].value == 2  # type: ignore[union-attr]  # 2.0 is coerced to 2 (§2.2)
+    # 2.0 is coerced to 2 (FilterClause.value takes Int32, in server/polar/meter/filter.py)
+    assert nested.clauses[0].value == 2  # type: ignore[union-attr]
     assert polar.meters.get(created.id) == created
     listed = polar.meters.list(query=uid.upper())  # case-insensitive substring on name
     assert [m.id for m in listed.items] == [created.id]
@@ -91,7 +94,8 @@ def test_update_and_archive(polar: Polar, uid: str) -> None:
 
 
 def test_filter_is_locked_once_events_match_at_creation(polar: Polar, uid: str) -> None:
-    """§2.4: a meter created over existing matching events refuses filter/aggregation changes."""
+    """A meter created over existing matching events refuses filter/aggregation changes (``create``
+    sets ``last_billed_event`` and ``update`` refuses, in server/polar/meter/service.py)."""
     polar.events.ingest(events=[{"name": f"{uid}.hit", "external_customer_id": uid}])
     meter = polar.meters.create(
         name=f"{uid} locked", filter=_flt(f"{uid}.hit"), aggregation={"func": "count"}

@@ -1,4 +1,5 @@
-"""Polar's balance debounce (§3.3) as the emulator plays it: stale until the customer goes quiet."""
+"""Polar's balance debounce (``update_customer`` in server/polar/customer_meter/tasks.py) as the
+emulator plays it: stale until the customer goes quiet."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_balances_lag_until_the_customer_is_quiet(debounced: EmulatorHandle, uid
 
 
 def test_a_credit_grant_recomputes_at_once(debounced: EmulatorHandle, uid: str) -> None:
-    """§3.3: granting credits recomputes the customer meter synchronously, pending usage included."""
+    """Granting credits recomputes the customer meter synchronously, pending usage included
+    (``_create_event`` in server/polar/benefit/strategies/meter_credit/service.py, ``activate_meter``)."""
     admin = AdminClient(debounced.base_url, debounced.token)
     with Polar(debounced.token, base_url=debounced.base_url) as polar:
         admin.create_customer(external_id=uid)
@@ -86,7 +88,8 @@ def manual_emulator(tmp_path: Path) -> Iterator[tuple[EmulatorHandle, ManualCloc
 def test_events_arriving_within_the_delay_keep_postponing_the_update(
     manual_emulator: tuple[EmulatorHandle, ManualClock],
 ) -> None:
-    """Gaps under 15 s coalesce; the update lands 15 s after the last event (§3.3), on the engine clock."""
+    """Gaps under 15 s coalesce; the update lands 15 s after the last event, on the engine clock
+    (``CUSTOMER_METER_UPDATE_DEBOUNCE_MIN_THRESHOLD`` in server/polar/config.py)."""
     handle, clock = manual_emulator
     with Polar(handle.token, base_url=handle.base_url) as polar:
         polar.customers.create(email="a@example.com", external_id="a")

@@ -59,7 +59,8 @@ def test_period_boundary_resets_usage_and_renews_credits(client: Metering, clock
 
 
 def test_backdated_event_counts_in_the_window_it_arrives_in(client: Metering, clock: ManualClock) -> None:
-    """Polar keys windows on ingestion time (§3.2): an event dated last period but sent now counts now."""
+    """Polar keys windows on ingestion time (``_build_events_statement`` in
+    server/polar/customer_meter/service.py): an event dated last period but sent now counts now."""
     client.subscribe("c2", "free")
     clock.advance(days=31)
     late = clock.now() - timedelta(days=20)
@@ -124,7 +125,8 @@ def test_subscription_renewed_since_its_start_counts_from_the_renewal(
 
 
 def test_rollover_carries_unused_credit(client: Metering, clock: ManualClock) -> None:
-    """With rollover, unused credit carries into the next period: max(0, min(int(R - U), R)) (§4.2)."""
+    """With rollover, unused credit carries into the next period: max(0, min(int(R - U), R))
+    (``get_rollover_units`` in server/polar/customer_meter/service.py)."""
     client.subscribe("c5", "roll")
     client.track_ai_tokens("c5", 30)
     clock.advance(days=31)
@@ -156,8 +158,8 @@ def _grant(client: Metering, customer: str, units: float, *, rollover: bool) -> 
 
 
 def test_only_rollover_flagged_credit_carries_over(client: Metering, clock: ManualClock) -> None:
-    """The flag is per credit (§4.2): a plain grant on a rollover plan does not carry, a flagged
-    grant on a plain plan does, and unflagged credit is used up first."""
+    """The flag is per credit (``get_rollover_units``): a plain grant on a rollover plan does not carry,
+    a flagged grant on a plain plan does, and unflagged credit is used up first."""
     client.subscribe("r1", "roll")  # 100, flagged
     _grant(client, "r1", 50, rollover=False)
     assert client.check_limit("r1", "ai_tokens").limit == 150
@@ -202,9 +204,9 @@ def test_carried_credit_stays_flagged_and_revoking_a_flagged_grant_unflags_it(
 def test_credit_matches_polars_rollover_formula(
     tmp_path: Path, windows: list[tuple[list[tuple[int, bool]], int]], plan_rolls: bool
 ) -> None:
-    """Against a direct model of §4.2 over several windows: each window starts with the plan's 1000
-    (flagged when the plan rolls over) plus max(0, min(int(NR + R - U), R)) of the window before,
-    that carry flagged; grants add to NR or R."""
+    """Against a direct model of ``get_rollover_units`` (server/polar/customer_meter/service.py) over
+    several windows: each window starts with the plan's 1000 (flagged when the plan rolls over) plus
+    max(0, min(int(NR + R - U), R)) of the window before, that carry flagged; grants add to NR or R."""
     clock = ManualClock(datetime(2026, 1, 15, 12, tzinfo=UTC))
     plan = Plan("p", credits={"ai_tokens": 1000}, rollover=plan_rolls)
     # tmp_path outlives the examples hypothesis runs: a fresh file for each.
@@ -239,7 +241,8 @@ def test_yearly_plan(client: Metering, clock: ManualClock) -> None:
 
 
 def test_grants_and_revokes_clamp_at_zero(sqlite_url: str, clock: ManualClock) -> None:
-    """Credits are a running sum clamped at 0: [100, -150, 50] gives 50 (§3.2)."""
+    """Credits are a running sum clamped at 0: [100, -150, 50] gives 50
+    (``non_negative_running_sum`` in server/polar/kit/math.py)."""
     engine = LocalEngine.open(sqlite_url, clock=clock)
     for units in (100, -150, 50):
         engine.grant_credits("c9", "ai_tokens", units)

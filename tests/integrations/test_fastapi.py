@@ -114,7 +114,7 @@ def test_tracked_requests_carry_route_template_method_status_and_duration(
     sqlite_url: str, clock: ManualClock
 ) -> None:
     # Meters over the event's metadata read back exactly what the middleware recorded (Polar filter
-    # semantics, §6.1), so the check goes through the library rather than around it.
+    # semantics, server/polar/meter/filter.py), so the check goes through the library rather than around it.
     probes = [
         Meter(
             "item_reads",

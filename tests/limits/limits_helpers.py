@@ -64,8 +64,9 @@ def sign(
     timestamp: int | None = None,
     key: bytes | None = None,
 ) -> dict[str, str]:
-    """Headers Polar sends (§7): Standard Webhooks, HMAC-SHA256 over ``"{id}.{ts}.{body}"`` keyed by the
-    secret's bytes (or ``key``), as ``v1,<base64>``."""
+    """Headers Polar sends (``_webhook_event_send`` in server/polar/webhook/tasks.py): Standard
+    Webhooks, HMAC-SHA256 over ``"{id}.{ts}.{body}"`` keyed by the secret's bytes (or ``key``), as
+    ``v1,<base64>``."""
     webhook_id = webhook_id or str(uuid.uuid4())
     timestamp = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(
@@ -105,7 +106,8 @@ def _customer_fields(external_id: str | None) -> dict[str, Any]:
 
 
 def state_changed(external_id: str | None, consumed: float = 3.0, credited: int = 10) -> str:
-    """A ``customer.state_changed`` body shaped like Polar's ``CustomerState`` (§3.4, §7)."""
+    """A ``customer.state_changed`` body shaped like Polar's ``CustomerState``
+    (server/polar/customer/schemas/state.py)."""
     now = datetime.now(UTC).isoformat()
     data = _customer_fields(external_id) | {
         "active_subscriptions": [],

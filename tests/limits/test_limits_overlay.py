@@ -31,7 +31,8 @@ def test_each_aggregation_combines_its_own_way(clock: ManualClock) -> None:
 
 
 def test_only_matching_numeric_usage_counts(clock: ManualClock) -> None:
-    """Polar's rules (§6.1, §6.2): other event names do not match; a sum takes JSON numbers only."""
+    """Polar's rules (server/polar/meter/filter.py, server/polar/meter/aggregation.py): other event
+    names do not match; a sum takes JSON numbers only."""
     meters = [
         Meter("paid_calls", "Paid calls", Filter.event("api.request", tier="paid"), Aggregation.count()),
         Meter("bytes", "Bytes sent", Filter.event("upload"), Aggregation.sum("bytes")),
@@ -104,7 +105,8 @@ def test_horizons_drop_entries(clock: ManualClock) -> None:
 
 
 def test_a_repeated_external_id_counts_once(clock: ManualClock) -> None:
-    """Polar keeps the first event with an external_id (§1.3); the overlay does the same."""
+    """Polar keeps the first event with an external_id (``insert_batch`` in
+    server/polar/event/repository.py); the overlay does the same."""
     ov = overlay(clock)
     assert len(ov.track([event("u", "api.request", external_id="req-1")])) == 1
     assert ov.track([event("u", "api.request", external_id="req-1")]) == []
@@ -137,7 +139,8 @@ def test_unique_values_known_to_be_counted(clock: ManualClock) -> None:
     ov.track([event("u", "seat.active", {"user_id": "ann"}), event("u", "seat.active", {"user_id": "bob"})])
     assert ov.extra("u", "team_seats") == 1, "ann is already counted by Polar; bob is new"
     assert ov.is_counted("u", "team_seats", "ann")
-    ov.settle("u", "team_seats", 30.0, consumed=0.0)  # the period reset (§4.3)
+    # the period reset (reset_meter in server/polar/subscription/service.py)
+    ov.settle("u", "team_seats", 30.0, consumed=0.0)
     assert ov.extra("u", "team_seats") == 2
 
 

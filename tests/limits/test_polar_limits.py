@@ -1,6 +1,7 @@
 """Limits on the ``polar://`` backend against a real emulator process, through the unmodified polar-sdk:
-reservations under thread races, the overlay before and after Polar's balance debounce (§3.3), the
-cache staying warm while usage is tracked, and webhooks refreshing it."""
+reservations under thread races, the overlay before and after Polar's balance debounce
+(server/polar/customer_meter/tasks.py), the cache staying warm while usage is tracked, and webhooks
+refreshing it."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def emulator() -> Iterator[EmulatorHandle]:
 
 @pytest.fixture(scope="module")
 def debounced() -> Iterator[EmulatorHandle]:
-    """Balances lag 4 s behind ingest, as Polar's 15 s debounce does (§3.3), shortened for tests."""
+    """Balances lag 4 s behind ingest, as Polar's 15 s debounce does (server/polar/customer_meter/tasks.py),
+    shortened for tests."""
     with running_emulator(settle_delay=4.0) as handle:
         yield handle
 

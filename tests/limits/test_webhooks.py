@@ -1,5 +1,6 @@
-"""Polar webhooks: payloads signed here the way Polar signs them (Standard Webhooks, §7), verified by
-polar-sdk's validate_event, invalidating cached readings; the ASGI and WSGI endpoints over real HTTP."""
+"""Polar webhooks: payloads signed here the way Polar signs them (Standard Webhooks,
+server/polar/webhook/tasks.py), verified by polar-sdk's validate_event, invalidating cached readings;
+the ASGI and WSGI endpoints over real HTTP."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_state_changed_invalidates_that_customer(limits: Limits, polar: Scripted
 
 
 def test_subscription_events_invalidate(limits: Limits, polar: ScriptedPolar) -> None:
-    """Subscription changes move credits (§4), so they refresh the customer too."""
+    """Subscription changes move credits (server/polar/subscription/service.py resets meters, and
+    server/polar/benefit/strategies/meter_credit/service.py grants), so they refresh the customer too."""
     _warm(limits, polar, "u1")
     body = subscription_updated("u1")
     result = handle_webhook(body, sign(body, SECRET), SECRET, limits, seen=SeenWebhooks())
@@ -100,7 +102,8 @@ def test_bad_signatures_are_rejected_and_logged_without_the_secret(
 
 
 def test_whsec_secrets_use_the_decoded_key(limits: Limits) -> None:
-    """New Polar secrets carry ``whsec_`` and base64; the HMAC key is then the decoded bytes (§7)."""
+    """New Polar secrets carry ``whsec_`` and base64; the HMAC key is then the decoded
+    bytes (``_signing_keys`` in polar-sdk's ``polar/webhooks.py``)."""
     raw = b"\x01\x02binary-key-material\xff"
     secret = "whsec_" + base64.b64encode(raw).decode()
     body = state_changed("u1")

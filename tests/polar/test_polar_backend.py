@@ -72,7 +72,8 @@ def test_duplicates_are_counted_once(
     make_client: MakeClient, sdk: Polar, admin: AdminClient, customer: str
 ) -> None:
     """Two events with one external_id are both accepted into the outbox; Polar stores one and reports
-    the other as a duplicate (§1.3); a later resend is a duplicate too."""
+    the other as a duplicate (``insert_batch`` in server/polar/event/repository.py); a later resend is a
+    duplicate too."""
     client = make_client()
     admin.create_customer(external_id=customer)
     batch = [

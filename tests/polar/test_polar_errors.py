@@ -147,7 +147,8 @@ def test_rejected_token_is_authentication_error(emulator: EmulatorHandle, make_c
 
 
 def test_rejected_batch_is_remote_validation_error_with_detail(emulator: EmulatorHandle) -> None:
-    """422: RemoteValidationError whose detail locates each bad event as Polar does (§1.2)."""
+    """422: RemoteValidationError whose detail locates each bad event as Polar does
+    (``ingest`` in server/polar/event/service.py, errors at ``["body", "events", i, ...]``)."""
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     transport = SdkTransport(_settings(emulator))
     try:
@@ -176,7 +177,8 @@ def test_meter_create_422_and_missing_meter_404(emulator: EmulatorHandle) -> Non
 
 
 def test_oversized_batch_is_413(emulator: EmulatorHandle) -> None:
-    """Over Polar's 10 MiB body limit (§1.1): BackendError 413, which delivery splits."""
+    """Over Polar's 10 MiB body limit (``MaxBodySizeMiddleware`` in server/polar/middlewares.py):
+    BackendError 413, which delivery splits."""
     filler = "x" * 500
     events = [_event(metadata={f"k{i}": filler for i in range(50)}) for _ in range(450)]
     transport = SdkTransport(_settings(emulator))
@@ -243,7 +245,8 @@ def scripted_server() -> Iterator[http.server.ThreadingHTTPServer]:
     [
         ((500, {}, b"boom!"), 500, "server error"),
         ((503, {"Content-Type": "text/html"}, b"<html>maintenance</html>"), 503, "server error"),
-        # §5.3: an HTTP-date Retry-After makes the SDK's int() fail; still a clean BackendUnavailable.
+        # polar-sdk's polar/base.py int()s Retry-After, so an HTTP date fails there; still a clean
+        # BackendUnavailable.
         ((429, {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, b""), None, "unreadable response"),
     ],
 )
