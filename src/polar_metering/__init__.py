@@ -12,12 +12,16 @@ actions, and run everything offline on an embedded engine that behaves like Pola
 
 from polar_metering import aio, testing
 from polar_metering._api import (
+    cancel,
     check_current_limit,
     check_limit,
     flush,
     get_all_usage,
     get_client,
+    get_subscription,
     init,
+    list_customers,
+    list_plans,
     reserve,
     shutdown,
     subscribe,
@@ -57,6 +61,7 @@ from polar_metering._exceptions import (
     BackendError,
     BackendUnavailable,
     BatchValidationError,
+    CheckoutRequired,
     ConfigurationError,
     MeteringError,
     NotFound,
@@ -69,6 +74,7 @@ from polar_metering._exceptions import (
 )
 from polar_metering._setup import MeterResult, SetupReport, run_setup
 from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
+from polar_metering._subscriptions import Customer, Page, Subscription
 from polar_metering._version import __version__
 
 __all__ = [
@@ -80,8 +86,10 @@ __all__ = [
     "BackendUnavailable",
     "BatchValidationError",
     "Catalog",
+    "CheckoutRequired",
     "Clock",
     "ConfigurationError",
+    "Customer",
     "DEFAULT_METERS",
     "Event",
     "EventName",
@@ -98,6 +106,7 @@ __all__ = [
     "MeteringError",
     "NotFound",
     "OutboxError",
+    "Page",
     "Plan",
     "RateLimited",
     "RemoteValidationError",
@@ -105,6 +114,7 @@ __all__ = [
     "ReservationError",
     "SafeResult",
     "SetupReport",
+    "Subscription",
     "SystemClock",
     "TrackingResult",
     "UsageLimitExceeded",
@@ -112,6 +122,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "aio",
+    "cancel",
     "check_current_limit",
     "check_limit",
     "current_customer",
@@ -119,7 +130,10 @@ __all__ = [
     "get_all_usage",
     "get_client",
     "get_current_customer",
+    "get_subscription",
     "init",
+    "list_customers",
+    "list_plans",
     "load_catalog",
     "reserve",
     "reset_current_customer",
