@@ -323,14 +323,14 @@ class Lifecycle:
                     .limit(limit)
                 ).scalars()
             ]
-            records = {}
+            records: dict[str, Any] = {}
             if keys:
-                for r in conn.execute(
+                for rec in conn.execute(
                     select(t.customers).where(
                         t.customers.c.external_id.in_(keys) | t.customers.c.id.in_(keys)
                     )
                 ):
-                    records[r.external_id or r.id] = r
+                    records[rec.external_id or rec.id] = rec
         items = []
         for key in keys:
             r = records.get(key)
