@@ -43,6 +43,7 @@ from polar_metering._exceptions import (
 from polar_metering._projection import decide
 from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
 from polar_metering._subscriptions import Customer, Page, Subscription, check_page
+from polar_metering._uncounted import UncountedEvents
 from polar_metering.backends._base import Backend, Hold, IngestResult, backend_class_for, parse_backend_url
 
 __all__ = ["AsyncMetering", "AsyncReservation", "Metering", "Reservation"]
@@ -113,6 +114,8 @@ class _Core:
         self.catalog = config.catalog
         self.clock = config.clock
         self._failure_log = _Throttle(10.0)
+        self._uncounted = UncountedEvents(config.catalog, strict=config.strict)
+        self._counted = self._uncounted.skip  # the hot path's one set lookup (_uncounted.py)
 
     # -- events -----------------------------------------------------------------------------------
     def event(
@@ -124,9 +127,12 @@ class _Core:
         timestamp: object = None,
         external_id: object = None,
     ) -> Event:
-        return validate_event(
+        event = validate_event(
             customer_id, name, metadata, timestamp=timestamp, external_id=external_id, now=self.clock.now()
         )
+        if event.name not in self._counted:
+            self._uncounted.check(event)
+        return event
 
     def batch(self, items: object) -> tuple[list[Event], list[tuple[int, ValidationError]]]:
         """Validate each item on its own: valid events go ahead even when others are rejected."""
@@ -159,6 +165,12 @@ class _Core:
         return good, bad
 
     def _batch_item(self, item: object, now: datetime) -> Event:
+        event = self._batch_event(item, now)
+        if event.name not in self._counted:
+            self._uncounted.check(event)
+        return event
+
+    def _batch_event(self, item: object, now: datetime) -> Event:
         if type(item) is not dict:
             if isinstance(item, Event):
                 return validate_event(

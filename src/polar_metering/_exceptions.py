@@ -97,7 +97,10 @@ class BatchValidationError(ValidationError):
         self.errors = errors
         first_index, first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"events[{first_index}].{first.field}", first.rule + more)
+        where = f"events[{first_index}]"
+        # The client's per-item errors already name their event; say it once.
+        field = first.field if first.field.startswith(where) else f"{where}.{first.field}"
+        super().__init__(field, first.rule + more)
 
 
 class UsageLimitExceeded(MeteringError):

@@ -7,14 +7,13 @@ readings (at once on the local engine; after delivery and settling with Polar).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import pytest
 
-from polar_metering import Catalog, Metering, Plan
+from polar_metering import Catalog, Metering
 from polar_metering._catalog import DEFAULT_METERS, Meter
 from polar_metering.backends._engine.backend import LocalEngine
 
@@ -29,7 +28,8 @@ class Harness(Protocol):
 
 
 class EngineHarness:
-    """The local engine at a URL: credits through a per-customer plan."""
+    """The local engine at a URL: credits through grants, as a meter-credit benefit gives them in
+    Polar (each grant adds to the running sum; plans have their own tests, ``test_lifecycle``)."""
 
     def __init__(self, name: str, url: str, meters: tuple[Meter, ...]) -> None:
         self.name = name
@@ -38,8 +38,7 @@ class EngineHarness:
         self.engine: LocalEngine = self.client.backend
 
     def give_credits(self, customer: str, meter: str, units: float) -> None:
-        plan = Plan(f"plan-{uuid.uuid4().hex[:8]}", credits={meter: units})
-        self.engine.subscribe(customer, plan)
+        self.engine.grant_credits(customer, self.engine._meter_id(meter).id, units)
 
     def settle(self) -> None:
         assert self.client.flush(10)
