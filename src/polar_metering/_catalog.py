@@ -595,7 +595,7 @@ def _catalog_from_toml(path: Path) -> Catalog:
     raw_meters = data.get("meters", {})
     if not isinstance(raw_meters, Mapping):
         raise ConfigurationError(f"catalog: {path}: [meters.<slug>] tables expected")
-    # A meter named like a default one replaces it (docs/semantics.md, "The catalog").
+    # A meter named like a default one replaces it (docs/polar.md, "One catalog").
     default_slugs = {m.slug for m in meters}
     for slug, table in raw_meters.items():
         _text(slug, "meters")

@@ -26,15 +26,31 @@ from typing import TYPE_CHECKING, Any, Literal
 from polar_metering._catalog import Catalog, Meter, Plan
 from polar_metering._events import describe
 from polar_metering._exceptions import NotFound, RemoteValidationError
-from polar_metering.backends._polar._lifecycle import METER_KEY, PLAN_KEY, is_free_product
 
 if TYPE_CHECKING:
     from polar_metering.backends._polar._sdk import Polar, PolarSettings
 
-__all__ = ["PlanResult", "provision_plans"]
+__all__ = ["METER_KEY", "PLAN_KEY", "PlanResult", "is_free_product", "provision_plans"]
 
 PlanStatus = Literal["created", "would_create", "exists", "drift", "error"]
 _INT32 = 2**31 - 1
+
+#: the product metadata key ``setup`` writes and reads: its value is the catalog plan's name
+PLAN_KEY = "polar_metering_plan"
+#: the benefit metadata key ``setup`` writes: the catalog meter's slug
+METER_KEY = "polar_metering_meter"
+
+
+def is_free_product(product: Any) -> bool:
+    """Polar creates subscriptions without a checkout only to free products: the default price, the
+    first static one, is a fixed price of 0 (``server/polar/product/price_set.py``,
+    ``server/polar/models/product_price.py`` ``is_free``)."""
+    prices = [p for p in product.prices if not getattr(p, "is_archived", False)]
+    static = [p for p in prices if p.amount_type in ("fixed", "custom", "seat_based")]
+    default = static[0] if static else (prices[0] if prices else None)
+    return (
+        default is not None and default.amount_type == "fixed" and getattr(default, "price_amount", None) == 0
+    )
 
 
 @dataclass(frozen=True, slots=True)

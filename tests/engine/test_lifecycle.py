@@ -174,3 +174,34 @@ def test_concurrent_subscribes_credit_once_on_postgresql(postgresql_url: str) ->
     finally:
         for c in engines:
             c.close()
+
+
+def test_the_async_twins(sqlite_url: str, clock: ManualClock) -> None:
+    """``AsyncMetering`` and ``polar_metering.aio`` have every lifecycle call."""
+    import asyncio
+
+    import polar_metering as metering
+    from polar_metering import AsyncMetering
+
+    async def main() -> None:
+        async with AsyncMetering(sqlite_url, plans=[FREE, PRO], clock=clock) as c:
+            sub = await c.subscribe("a1", "free")
+            assert (await c.get_subscription("a1")) == sub
+            assert (await c.cancel("a1")) is not None
+            assert [x.id for x in (await c.list_customers()).items] == ["a1"]
+            assert [p.name for p in (await c.list_plans()).items] == ["free", "pro"]
+        metering.init(sqlite_url, plans=[FREE, PRO], clock=clock)
+        try:
+            assert (await metering.aio.subscribe("a2", "pro")).plan == "pro"
+            assert (await metering.aio.get_subscription("a2")).plan == "pro"  # type: ignore[union-attr]
+            assert (await metering.aio.cancel("a2")).cancel_at_period_end  # type: ignore[union-attr]
+            assert (await metering.aio.list_customers(limit=1)).total == 2
+            assert (await metering.aio.list_plans()).total == 2
+            assert metering.get_subscription("a2") is not None
+            assert metering.list_plans(page=2, limit=1).items[0].name == "pro"
+            assert metering.list_customers().total == 2
+            assert metering.cancel("a1") is not None
+        finally:
+            metering.shutdown()
+
+    asyncio.run(main())

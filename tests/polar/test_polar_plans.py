@@ -27,7 +27,7 @@ from polar_metering import (
 )
 from polar_metering._cli_setup import setup as setup_command
 from polar_metering._setup import run_setup
-from polar_metering.backends._polar._lifecycle import PLAN_KEY
+from polar_metering._setup_plans import PLAN_KEY
 from polar_metering.emulator import EmulatorHandle, running_emulator
 
 FREE = Plan("free", credits={"api_requests": 100, "ai_tokens": 5000})

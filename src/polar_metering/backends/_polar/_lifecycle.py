@@ -31,11 +31,14 @@ from polar_metering._exceptions import (
     NotFound,
     RemoteValidationError,
 )
+from polar_metering._setup_plans import METER_KEY, PLAN_KEY, is_free_product
 from polar_metering._status import MeterReading
 from polar_metering._subscriptions import Customer, Page, Subscription
 from polar_metering.backends._polar._sdk import Polar, PolarSettings, polar_errors
 
 if TYPE_CHECKING:
+    from polar.v2026_10.literals import SubscriptionStatus
+
     from polar_metering._catalog import Meter
     from polar_metering._config import UnknownCustomer
     from polar_metering.backends._polar._readings import MeterDirectory, NoCredits
@@ -54,13 +57,6 @@ __all__ = [
 
 log = logging.getLogger("polar_metering")
 
-#: the product metadata key ``setup`` writes and reads: its value is the catalog plan's name
-PLAN_KEY = "polar_metering_plan"
-#: the benefit metadata key ``setup`` writes: the catalog meter's slug
-METER_KEY = "polar_metering_meter"
-if TYPE_CHECKING:
-    from polar.v2026_10.literals import SubscriptionStatus
-
 _ACTIVE: list[SubscriptionStatus] = ["active", "trialing"]
 _PAGE = 100
 _EXISTS = "A customer with this external ID already exists."
@@ -76,18 +72,6 @@ def parse_time(value: object) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         return None
-
-
-def is_free_product(product: Any) -> bool:
-    """Polar creates subscriptions without a checkout only to free products: the default price, the
-    first static one, is a fixed price of 0 (``server/polar/product/price_set.py``,
-    ``server/polar/models/product_price.py`` ``is_free``)."""
-    prices = [p for p in product.prices if not getattr(p, "is_archived", False)]
-    static = [p for p in prices if p.amount_type in ("fixed", "custom", "seat_based")]
-    default = static[0] if static else (prices[0] if prices else None)
-    return (
-        default is not None and default.amount_type == "fixed" and getattr(default, "price_amount", None) == 0
-    )
 
 
 class PlanDirectory:
