@@ -287,3 +287,17 @@ def test_cli_lists_plans_and_strict_fails_on_plan_drift(empty: EmulatorHandle, t
     assert "api_requests: the plan credits 9 units, Polar 10000" in lenient.output
     strict = runner.invoke(_cli(), ["--catalog", str(toml), "--strict"], env=env)
     assert strict.exit_code == 1
+
+
+def test_customer_ids_with_slashes_and_percent_signs(
+    empty: EmulatorHandle, client: Callable[..., Metering]
+) -> None:
+    """Every lifecycle call sends the customer id in a body or a query string, never a path."""
+    _setup(empty)
+    c = client(unknown_customer="deny")
+    for who in (f"org/{uuid.uuid4().hex[:6]}", f"50%_{uuid.uuid4().hex[:6]}?x#y"):
+        assert not c.check_limit(who, "api_requests").allowed  # unknown: denied
+        sub = c.subscribe(who, "free")
+        assert c.get_subscription(who) == sub
+        assert c.check_limit(who, "api_requests").limit == 100
+        assert c.cancel(who) is not None

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
-from urllib.parse import quote
 
 from polar_metering._catalog import Catalog, Plan
 from polar_metering._exceptions import (
@@ -235,13 +234,14 @@ class Lifecycle:
         return self._as_subscription(customer, newest), newest
 
     def _known(self, customer: str) -> bool:
-        try:
-            with polar_errors("get customer", self._settings):
-                # The SDK puts path parameters in the URL as they are: encode the id first.
-                self._client.customers.get_external(quote(customer, safe=""))
-        except NotFound:
-            return False
-        return True
+        """Whether Polar has a customer with this external id. Searched with the ``query`` filter
+        (name, email or external id, a query parameter the SDK encodes) and matched exactly: the
+        path-based ``customers.get_external`` cannot carry an id holding ``/`` to Polar."""
+        with polar_errors("find customer", self._settings):
+            for found in self._client.customers.iter_list(query=customer, limit=_PAGE):
+                if found.external_id == customer:
+                    return True
+        return False
 
     def state(self, customer: str, *, need_known: bool) -> LifeState:
         """The customer's subscription (cached), and whether Polar knows the customer when asked."""
