@@ -120,3 +120,16 @@ def test_the_usage_command_says_which_catalog(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "catalog: ./metering.toml (5 meters, 2 plans (default: free))" in done.stderr
     assert '"meter": "exports"' in done.stdout
+
+
+def test_plans_given_in_code_replace_the_catalogs_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polar_metering import Plan
+
+    (tmp_path / "metering.toml").write_text(TOML, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with Metering("sqlite:///:memory:", plans=[Plan("free", credits={"api_requests": 7})]) as c:
+        assert [p.name for p in c.catalog.plans] == ["pro", "free"]
+        assert c.catalog.plan("free").credits == {"api_requests": 7}
+        assert c.check_limit("anyone", "api_requests").limit == 7  # still the default plan

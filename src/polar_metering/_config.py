@@ -157,9 +157,9 @@ def build_config(
     """Merge explicit options, the catalog pieces and environment fallbacks into one config.
 
     Without ``meters``/``catalog`` the catalog is ``METERING_CATALOG``, else ``./metering.toml`` when
-    it exists, else the four default meters (``resolve_catalog``). ``plans`` are added to it and
-    ``default_plan`` replaces its default plan. Unknown options raise ``ConfigurationError`` naming
-    them.
+    it exists, else the four default meters (``resolve_catalog``). ``plans`` are added to it (one
+    named like a catalog plan replaces it) and ``default_plan`` replaces its default plan. Unknown
+    options raise ``ConfigurationError`` naming them.
     """
     env = os.environ if env is None else env
     allowed = set(MeteringConfig.__dataclass_fields__) - {"url", "catalog", "catalog_source"}
@@ -177,7 +177,12 @@ def build_config(
     else:
         cat, source = resolve_catalog(None, env)
     if plans is not None:
-        cat = Catalog(cat.meters, tuple(cat.plans) + _sequence(plans, "plans"), cat.default_plan)
+        # A plan given in code replaces the catalog's plan of that name, as a toml meter of a
+        # default slug replaces the default one.
+        added = _sequence(plans, "plans")
+        names = {getattr(p, "name", None) for p in added}
+        kept = tuple(p for p in cat.plans if p.name not in names)
+        cat = Catalog(cat.meters, kept + added, cat.default_plan)
     if default_plan is not None:
         if not isinstance(default_plan, str) or not default_plan:
             raise ConfigurationError(f"default_plan: must be a plan name, got {describe(default_plan, 40)}")
