@@ -31,6 +31,7 @@ def test_async_module_mirrors_sync_functions() -> None:
     """Every module-level function has an awaitable twin in ``polar_metering.aio``."""
     sync_functions = {n for n in polar_metering.__all__ if n.startswith(("track_", "check_", "with_usage"))}
     sync_functions |= {"get_all_usage", "reserve", "subscribe", "flush", "usage_history"}
+    sync_functions |= {"get_subscription", "cancel", "list_customers", "list_plans"}
     missing = sync_functions - set(polar_metering.aio.__all__)
     assert not missing
 

@@ -12,12 +12,16 @@ actions, and run everything offline on an embedded engine that behaves like Pola
 
 from polar_metering import aio, testing
 from polar_metering._api import (
+    cancel,
     check_current_limit,
     check_limit,
     flush,
     get_all_usage,
     get_client,
+    get_subscription,
     init,
+    list_customers,
+    list_plans,
     reserve,
     shutdown,
     subscribe,
@@ -57,6 +61,7 @@ from polar_metering._exceptions import (
     BackendError,
     BackendUnavailable,
     BatchValidationError,
+    CheckoutRequired,
     ConfigurationError,
     MeteringError,
     NoCurrentCustomer,
@@ -70,6 +75,7 @@ from polar_metering._exceptions import (
 )
 from polar_metering._setup import MeterResult, SetupReport, run_setup
 from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus, jsonable
+from polar_metering._subscriptions import Customer, Page, Subscription
 from polar_metering._version import __version__
 
 __all__ = [
@@ -81,8 +87,10 @@ __all__ = [
     "BackendUnavailable",
     "BatchValidationError",
     "Catalog",
+    "CheckoutRequired",
     "Clock",
     "ConfigurationError",
+    "Customer",
     "DEFAULT_METERS",
     "Event",
     "EventName",
@@ -100,6 +108,7 @@ __all__ = [
     "NoCurrentCustomer",
     "NotFound",
     "OutboxError",
+    "Page",
     "Plan",
     "RateLimited",
     "RemoteValidationError",
@@ -107,6 +116,7 @@ __all__ = [
     "ReservationError",
     "SafeResult",
     "SetupReport",
+    "Subscription",
     "SystemClock",
     "TrackingResult",
     "UsageLimitExceeded",
@@ -114,6 +124,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "aio",
+    "cancel",
     "check_current_limit",
     "check_limit",
     "current_customer",
@@ -121,8 +132,11 @@ __all__ = [
     "get_all_usage",
     "get_client",
     "get_current_customer",
+    "get_subscription",
     "init",
     "jsonable",
+    "list_customers",
+    "list_plans",
     "load_catalog",
     "reserve",
     "reset_current_customer",

@@ -8,6 +8,7 @@ a later ``init()`` and closed by ``shutdown()``. Apps that want several clients 
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -18,14 +19,19 @@ from polar_metering._client import Metering, Reservation, check_timeout
 from polar_metering._events import Event, MetadataValue
 from polar_metering._exceptions import ConfigurationError
 from polar_metering._status import SafeResult, TrackingResult, UsageStatus
+from polar_metering._subscriptions import Customer, Page, Subscription
 
 __all__ = [
+    "cancel",
     "check_current_limit",
     "check_limit",
     "flush",
     "get_all_usage",
     "get_client",
+    "get_subscription",
     "init",
+    "list_customers",
+    "list_plans",
     "reserve",
     "shutdown",
     "subscribe",
@@ -42,6 +48,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger("polar_metering")
 _default: Metering | None = None
 # A client installed by ``polar_metering.testing.use``: while it is set, ``init()`` returns it and
 # ``shutdown()`` only flushes it, so an app that configures metering at startup (in a lifespan, an
@@ -57,13 +64,17 @@ def init(
     meters: Iterable[Meter] | None = None,
     plans: Iterable[Plan] | None = None,
     catalog: Catalog | str | None = None,
+    default_plan: str | None = None,
     **options: Any,
 ) -> Metering:
     """Create the default client (closing any previous one) and return it.
 
     ``url`` selects the backend (``sqlite:///metering.db`` by default, or ``METERING_URL``);
-    ``meters``/``catalog`` define the meters (the four defaults otherwise); ``plans`` the local plans.
-    Other keyword options are those of :class:`MeteringConfig`.
+    ``meters``/``catalog`` define the meters, else ``METERING_CATALOG``, else ``./metering.toml``
+    when it exists, else the four default meters (``client.catalog_source`` says which, and it is
+    logged); ``plans`` adds plans (on ``polar://``: the plans ``setup`` provisioned);
+    ``default_plan="free"`` limits customers without a subscription by that plan. Other keyword
+    options are those of :class:`MeteringConfig`.
 
     While a test has installed a client with ``polar_metering.testing.use`` (or the pytest plugin's
     ``metering`` fixture), ``init()`` changes nothing and returns that client.
@@ -72,7 +83,8 @@ def init(
     pinned = _pinned
     if pinned is not None:
         return pinned
-    client = Metering(url, meters=meters, plans=plans, catalog=catalog, **options)
+    client = Metering(url, meters=meters, plans=plans, catalog=catalog, default_plan=default_plan, **options)
+    logger.info("polar_metering: catalog: %s (%s)", client.catalog_source, client.catalog.describe())
     with _lock:
         previous, _default = _default, client
         if not _atexit_registered:
@@ -262,8 +274,29 @@ def reserve(customer_id: str, meter: str, amount: float, *, ttl: float | None = 
     return get_client().reserve(customer_id, meter, amount, ttl=ttl)
 
 
-def subscribe(customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
-    get_client().subscribe(customer_id, plan, started_at=started_at)
+def subscribe(
+    customer_id: str, plan: str | Plan, *, started_at: datetime | None = None, email: str | None = None
+) -> Subscription:
+    """Put a customer on a plan, safely repeatable (see :meth:`Metering.subscribe`)."""
+    return get_client().subscribe(customer_id, plan, started_at=started_at, email=email)
+
+
+def get_subscription(customer_id: str) -> Subscription | None:
+    """The customer's plan and billing period, or ``None`` (see :meth:`Metering.get_subscription`)."""
+    return get_client().get_subscription(customer_id)
+
+
+def cancel(customer_id: str) -> Subscription | None:
+    """Cancel the customer's subscription at the end of its period (see :meth:`Metering.cancel`)."""
+    return get_client().cancel(customer_id)
+
+
+def list_customers(*, page: int = 1, limit: int = 100) -> Page[Customer]:
+    return get_client().list_customers(page=page, limit=limit)
+
+
+def list_plans(*, page: int = 1, limit: int = 100) -> Page[Plan]:
+    return get_client().list_plans(page=page, limit=limit)
 
 
 def flush(timeout: float | None = None) -> bool:

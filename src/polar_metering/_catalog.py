@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 import tomllib
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = [
     "Plan",
     "load_catalog",
     "normalize_property",
+    "resolve_catalog",
 ]
 
 FilterOperator: TypeAlias = Literal["eq", "ne", "gt", "gte", "lt", "lte", "like", "not_like"]
@@ -385,18 +388,23 @@ class Meter:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Credits per meter for each billing period of the local engine (Polar grants these through a
-    meter-credit benefit, server/polar/benefit/strategies/meter_credit/service.py). Meters a plan does not
-    name have no limit.
+    """Credits per meter for each billing period. On the embedded engine a plan is applied directly;
+    on Polar ``setup`` provisions it as a free recurring product with one meter-credit benefit per
+    meter (``docs/polar.md``). Meters a plan does not name have no limit.
 
-    With ``rollover`` the unused credit of a period carries into the next (Polar's rollover formula,
-    server/polar/customer_meter/service.py: ``max(0, min(credited - used, credited))``).
+    With ``rollover`` the unused credit of a period carries into the next (Polar's rollover formula:
+    ``max(0, min(credited - used, credited))``, ``server/polar/customer_meter/service.py`` at c6c3645).
+
+    ``product_id`` names an existing Polar product instead (a paid plan, sold through Polar's
+    checkout): ``setup`` then only checks that product's benefits against ``credits``, and
+    ``subscribe`` on ``polar://`` refuses the plan, pointing to the checkout.
     """
 
     name: str
     credits: Mapping[str, float] = field(default_factory=dict)
     interval: Interval = "month"
     rollover: bool = False
+    product_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -411,6 +419,17 @@ class Plan:
             raise ConfigurationError(f"{who}: rollover must be true or false")
         if not isinstance(self.credits, Mapping):
             raise ConfigurationError(f"{who}: credits must map meter slugs to numbers")
+        if self.product_id is not None:
+            try:
+                product = str(uuid.UUID(self.product_id)) if isinstance(self.product_id, str) else None
+            except ValueError:
+                product = None
+            if product is None:
+                raise ConfigurationError(
+                    f"{who}: product_id must be a Polar product id (a UUID), "
+                    f"got {describe(self.product_id, 60)}"
+                )
+            object.__setattr__(self, "product_id", product)
         clean: dict[str, float] = {}
         for slug, units in self.credits.items():
             if not isinstance(slug, str) or text_error(slug) is not None:
@@ -425,6 +444,11 @@ class Plan:
                 raise ConfigurationError(f"{who}: credits[{describe(slug, 60)}] must be a finite number >= 0")
             clean[slug] = units
         object.__setattr__(self, "credits", clean)
+
+    @property
+    def is_paid(self) -> bool:
+        """True for a plan that names an existing (paid) Polar product."""
+        return self.product_id is not None
 
 
 def _default_meters() -> tuple[Meter, ...]:
@@ -441,10 +465,15 @@ DEFAULT_METERS: tuple[Meter, ...] = _default_meters()
 
 @dataclass(frozen=True)
 class Catalog:
-    """The meters and plans an app uses: the single source of truth for engines and ``setup``."""
+    """The meters and plans an app uses: the single source of truth for engines and ``setup``.
+
+    ``default_plan`` names the plan that limits a customer with no subscription (``None``: such a
+    customer has no limit, see ``docs/semantics.md``).
+    """
 
     meters: tuple[Meter, ...] = DEFAULT_METERS
     plans: tuple[Plan, ...] = ()
+    default_plan: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("meters", "plans"):
@@ -476,6 +505,13 @@ class Catalog:
             for slug in plan.credits:
                 if slug not in seen:
                     raise ConfigurationError(f"plan {plan.name!r}: credits name unknown meter {slug!r}")
+        if self.default_plan is not None and (
+            not isinstance(self.default_plan, str) or self.default_plan not in plan_names
+        ):
+            raise ConfigurationError(
+                f"default_plan: must name one of the catalog's plans {sorted(plan_names)}, "
+                f"got {describe(self.default_plan, 60)}"
+            )
         object.__setattr__(self, "meters", meters)
         object.__setattr__(self, "plans", plans)
         object.__setattr__(self, "_by_slug", {m.slug: m for m in meters})
@@ -502,8 +538,21 @@ class Catalog:
     def slugs(self) -> tuple[str, ...]:
         return tuple(m.slug for m in self.meters)
 
+    def has_plan(self, name: str) -> bool:
+        return name in self._plans  # type: ignore[attr-defined]
+
+    @property
+    def default(self) -> Plan | None:
+        """The plan of customers without a subscription, if the catalog names one."""
+        return None if self.default_plan is None else self.plan(self.default_plan)
+
     def with_meters(self, meters: Iterable[Meter]) -> Catalog:
-        return Catalog(tuple(meters), self.plans)
+        return Catalog(tuple(meters), self.plans, self.default_plan)
+
+    def describe(self) -> str:
+        """``4 meters, 2 plans (default: free)``: how CLIs and ``init()`` say what they loaded."""
+        text = f"{len(self.meters)} meters, {len(self.plans)} plan{'s' if len(self.plans) != 1 else ''}"
+        return text + (f" (default: {self.default_plan})" if self.default_plan else "")
 
 
 def _key_text(key: object) -> str:
@@ -529,13 +578,28 @@ def _catalog_from_toml(path: Path) -> Catalog:
         raise ConfigurationError(f"catalog: {path}: unknown top-level keys {sorted(unknown)}")
     meters: list[Meter] = []
     defaults = data.get("defaults", True)
+    default_plan: Any = None
+    if isinstance(defaults, Mapping):
+        # [defaults] meters = true|false (the four default meters), plan = "free" (the default plan)
+        extra = [k for k in defaults if k not in ("meters", "plan")]
+        if extra:
+            raise ConfigurationError(
+                f"catalog: {path}: [defaults] has unknown keys {sorted(map(_key_text, extra))}"
+            )
+        default_plan = defaults.get("plan")
+        if default_plan is not None and not isinstance(default_plan, str):
+            raise ConfigurationError(f"catalog: {path}: [defaults] plan must be a plan name")
+        defaults = defaults.get("meters", True)
     if not isinstance(defaults, bool):
-        raise ConfigurationError(f"catalog: {path}: defaults must be true or false")
+        raise ConfigurationError(
+            f"catalog: {path}: defaults must be true or false, or a [defaults] table (meters, plan)"
+        )
     if defaults:
         meters.extend(DEFAULT_METERS)
     raw_meters = data.get("meters", {})
     if not isinstance(raw_meters, Mapping):
         raise ConfigurationError(f"catalog: {path}: [meters.<slug>] tables expected")
+    # A meter named like a default one replaces it (docs/polar.md, "One catalog").
     default_slugs = {m.slug for m in meters}
     for slug, table in raw_meters.items():
         _text(slug, "meters")
@@ -552,18 +616,19 @@ def _catalog_from_toml(path: Path) -> Catalog:
         _text(name, "plans")
         if not isinstance(table, Mapping):
             raise ConfigurationError(f"plan {name!r}: must be a table")
-        extra = [k for k in table if k not in ("credits", "interval", "rollover")]
+        extra = [k for k in table if k not in ("credits", "interval", "rollover", "product_id")]
         if extra:
-            raise ConfigurationError(f"plan {name!r}: unknown keys {sorted(extra)}")
+            raise ConfigurationError(f"plan {name!r}: unknown keys {sorted(map(_key_text, extra))}")
         plans.append(
             Plan(
                 name,
                 credits=table.get("credits", {}),
                 interval=table.get("interval", "month"),
                 rollover=table.get("rollover", False),
+                product_id=table.get("product_id"),
             )
         )
-    return Catalog(tuple(meters), tuple(plans))
+    return Catalog(tuple(meters), tuple(plans), default_plan)
 
 
 def load_catalog(source: str | Path | Catalog | Iterable[Meter] | None = None) -> Catalog:
@@ -596,3 +661,27 @@ def load_catalog(source: str | Path | Catalog | Iterable[Meter] | None = None) -
     if isinstance(source, bytes | Mapping) or not isinstance(source, Iterable):
         raise ConfigurationError(f"catalog: cannot build a catalog from {describe(source, 40)}")
     return Catalog(tuple(source))
+
+
+#: the environment variable naming the catalog when ``init()`` and the CLIs are given none
+ENV_CATALOG = "METERING_CATALOG"
+#: the catalog file read from the working directory when nothing else names one
+CATALOG_FILE = "metering.toml"
+DEFAULT_SOURCE = "the four default meters"
+
+
+def resolve_catalog(
+    source: str | Path | Catalog | Iterable[Meter] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Catalog, str]:
+    """The catalog to use and where it came from, the same way everywhere (``init()``, ``usage``,
+    ``dashboard``, ``setup``): ``source`` when given, else ``METERING_CATALOG``, else
+    ``./metering.toml`` when that file exists, else the four default meters."""
+    if source is not None:
+        shown = str(source) if isinstance(source, str | Path) else "the catalog given in code"
+        return load_catalog(source), shown
+    named = (os.environ if env is None else env).get(ENV_CATALOG)
+    if named:
+        return load_catalog(named), f"{named} (from {ENV_CATALOG})"
+    if Path(CATALOG_FILE).is_file():
+        return load_catalog(CATALOG_FILE), f"./{CATALOG_FILE}"
+    return Catalog(), DEFAULT_SOURCE

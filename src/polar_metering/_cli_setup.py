@@ -1,12 +1,12 @@
-"""``polar-metering setup``: create the catalog's missing meters in Polar and report drift.
+"""``polar-metering setup``: create the catalog's missing meters and plans in Polar and report drift.
 
 Exit codes (stable, for scripts and CI):
 
 ====  ==========================================================================================
-0     done: every catalog meter exists in Polar (drift is reported as a warning)
-1     drift found and ``--strict`` given
+0     done: every catalog meter and plan exists in Polar (drift is reported as a warning)
+1     drift found (a meter's definition, a plan's credits, interval or rollover) and ``--strict`` given
 2     authentication failed: token missing a scope or rejected (401/403)
-3     Polar refused to create a meter (422); its detail is printed
+3     Polar refused to create a meter or plan (422), or a plan cannot be provisioned; details printed
 4     configuration error: no ``POLAR_ACCESS_TOKEN``, bad catalog, bad ``--base-url``
 5     Polar unreachable or failing (network, 5xx, 429)
 ====  ==========================================================================================
@@ -22,14 +22,12 @@ history and in the process list.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polar_metering._catalog import Catalog, load_catalog
+from polar_metering._catalog import Catalog, resolve_catalog
 from polar_metering._exceptions import (
     AuthenticationError,
     BackendError,
@@ -60,11 +58,9 @@ _STYLE = {
 
 
 def _catalog(source: str | None) -> tuple[Catalog, str]:
-    if source is not None:
-        return load_catalog(source), source
-    if Path("metering.toml").is_file():
-        return load_catalog("metering.toml"), "metering.toml"
-    return load_catalog(None), "the four default meters"
+    """``--catalog``, else ``METERING_CATALOG``, else ``./metering.toml``, else the default meters:
+    the catalog ``init()`` reads too."""
+    return resolve_catalog(source)
 
 
 def _table(report: SetupReport) -> Table:
@@ -80,10 +76,31 @@ def _table(report: SetupReport) -> Table:
     return table
 
 
+def _plan_table(report: SetupReport) -> Table:
+    title = f"Polar products for plans at {report.server}" + (" (dry run)" if report.dry_run else "")
+    table = Table(title=escape(title))
+    for column in ("plan", "status", "polar product", "benefits created"):
+        table.add_column(column)
+    for p in report.plans:
+        kind = " (paid)" if p.paid else ""
+        benefits = ", ".join(p.benefits) or "-"
+        table.add_row(escape(p.name + kind), _STYLE[p.status], escape(p.product_id or "-"), escape(benefits))
+    return table
+
+
 def _print_report(console: Console, report: SetupReport) -> None:
     console.print(_table(report))
     for note in report.notes:
         console.print(escape(note), highlight=False)
+    if report.plans:
+        console.print(_plan_table(report))
+    for p in report.plan_drift:
+        console.print(
+            f"[yellow]drift:[/] plan {escape(repr(p.name))}: Polar's product {escape(p.product_id or '')} "
+            "grants other credits than the plan; setup leaves it unchanged:"
+        )
+        for line in p.drift:
+            console.print(f"      {escape(line)}", highlight=False)
     for r in report.drift:
         console.print(
             f"[yellow]drift:[/] Polar's meter {escape(repr(r.name))} counts differently from the catalog's "
@@ -102,7 +119,8 @@ def _print_report(console: Console, report: SetupReport) -> None:
 def setup(
     catalog: str | None = typer.Option(
         None,
-        help="metering.toml path or module:attribute (default: ./metering.toml, else the default meters).",
+        help="metering.toml path or module:attribute (default: METERING_CATALOG, else ./metering.toml, "
+        "else the default meters).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be created; change nothing."),
     environment: str | None = typer.Option(
@@ -113,14 +131,15 @@ def setup(
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit with 1 when a meter has drifted."),
 ) -> None:
-    """Create the catalog's missing meters in Polar (by name) and report drift. Safe to run again.
+    """Create the catalog's missing meters (by name) and plans (free products with meter-credit
+    benefits) in Polar and report drift. Safe to run again.
 
     Reads the token from POLAR_ACCESS_TOKEN.
     """
     console = Console(highlight=False, soft_wrap=True)
     try:
         cat, source = _catalog(catalog)
-        console.print(f"catalog: {escape(source)} ({len(cat.meters)} meters)")
+        console.print(f"catalog: {escape(source)} ({escape(cat.describe())})")
         report = run_setup(cat, environment=environment, base_url=base_url, dry_run=dry_run)
     except ConfigurationError as exc:
         console.print(f"[red]configuration error:[/] {escape(str(exc))}")
@@ -137,5 +156,5 @@ def setup(
     _print_report(console, report)
     if report.errors:
         raise typer.Exit(EXIT_VALIDATION)
-    if report.drift and strict:
+    if (report.drift or report.plan_drift) and strict:
         raise typer.Exit(EXIT_DRIFT)

@@ -155,7 +155,11 @@ def usage(
         str | None, typer.Option(envvar="METERING_URL", help="Backend URL (default sqlite:///metering.db).")
     ] = None,
     catalog: Annotated[
-        str | None, typer.Option(help="metering.toml or module:attribute with your meters.")
+        str | None,
+        typer.Option(
+            help="metering.toml or module:attribute (default: METERING_CATALOG, else ./metering.toml, "
+            "else the default meters)."
+        ),
     ] = None,
 ) -> None:
     """Show usage: a customer's this period, every customer's (--all), or over time (--history)."""
@@ -178,6 +182,8 @@ def usage(
         raise typer.Exit(2)
     try:
         with open_client(url, catalog) as client:
+            # On stderr, so --json and --format csv stay parseable.
+            typer.echo(f"catalog: {client.catalog_source} ({client.catalog.describe()})", err=True)
             if all_customers:
                 rows = [_row(c, s) for c, statuses in _all_customers(client) for s in statuses.values()]
                 _emit(rows, fmt, "Usage this billing period, every customer")

@@ -42,6 +42,8 @@ from polar_metering._exceptions import (
 )
 from polar_metering._projection import decide
 from polar_metering._status import MeterReading, SafeResult, TrackingResult, UsageStatus
+from polar_metering._subscriptions import Customer, Page, Subscription, check_page
+from polar_metering._uncounted import UncountedEvents
 from polar_metering.backends._base import Backend, Hold, IngestResult, backend_class_for, parse_backend_url
 
 __all__ = ["AsyncMetering", "AsyncReservation", "Metering", "Reservation"]
@@ -185,6 +187,8 @@ class _Core:
         self.catalog = config.catalog
         self.clock = config.clock
         self._failure_log = _Throttle(10.0)
+        self._uncounted = UncountedEvents(config.catalog, strict=config.strict)
+        self._counted = self._uncounted.skip  # the hot path's one set lookup (_uncounted.py)
 
     # -- events -----------------------------------------------------------------------------------
     def event(
@@ -196,9 +200,12 @@ class _Core:
         timestamp: object = None,
         external_id: object = None,
     ) -> Event:
-        return validate_event(
+        event = validate_event(
             customer_id, name, metadata, timestamp=timestamp, external_id=external_id, now=self.clock.now()
         )
+        if event.name not in self._counted:
+            self._uncounted.check(event)
+        return event
 
     def batch(self, items: object) -> tuple[list[Event], list[tuple[int, ValidationError]]]:
         """Validate each item on its own: valid events go ahead even when others are rejected."""
@@ -231,6 +238,12 @@ class _Core:
         return good, bad
 
     def _batch_item(self, item: object, now: datetime) -> Event:
+        event = self._batch_event(item, now)
+        if event.name not in self._counted:
+            self._uncounted.check(event)
+        return event
+
+    def _batch_event(self, item: object, now: datetime) -> Event:
         if type(item) is not dict:
             if isinstance(item, Event):
                 return validate_event(
@@ -447,6 +460,29 @@ class _Core:
         """A unique meter's candidate value: a metadata value by the event rules, or None."""
         return None if value is None else validate_value(value, "value")
 
+    @staticmethod
+    def customer(customer_id: object) -> str:
+        return _require_str(customer_id, "customer_id")
+
+    @staticmethod
+    def page(page: object, limit: object) -> tuple[int, int]:
+        return check_page(page, limit)
+
+    @staticmethod
+    def email(email: object) -> str | None:
+        if email is None:
+            return None
+        text = _require_str(email, "email")
+        if "@" not in text or len(text) > 320:
+            raise ValidationError("email", "must be an email address", email)
+        return text
+
+    @staticmethod
+    def subscribed(customer: str, subscription: Subscription | None) -> Subscription:
+        if subscription is None:  # pragma: no cover - every backend answers with the subscription
+            raise BackendError(f"subscribe: the backend did not report {customer!r}'s subscription")
+        return subscription
+
     def subscription(
         self, customer_id: object, plan: object, started_at: object
     ) -> tuple[str, str | Plan, datetime | None]:
@@ -591,6 +627,12 @@ class _Base:
     @property
     def config(self) -> MeteringConfig:
         return self._core.config
+
+    @property
+    def catalog_source(self) -> str:
+        """Where the catalog came from: ``./metering.toml``, ``METERING_CATALOG``, code, or the
+        four default meters."""
+        return self._core.config.catalog_source
 
     def current_customer(self, customer_id: str) -> Any:
         """``with client.current_customer("org_456"):`` sets the customer ``check_current_limit`` reads."""
@@ -861,10 +903,44 @@ class Metering(_Base):
         return Reservation(self, hold, m)
 
     # -- plans and lifecycle ----------------------------------------------------------------------
-    def subscribe(self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
-        """Put a customer on a plan (local engine), with billing periods anchored at ``started_at``
-        (a timezone-aware datetime, not in the future; default now)."""
-        self.backend.subscribe(*self._core.subscription(customer_id, plan, started_at))
+    def subscribe(
+        self,
+        customer_id: str,
+        plan: str | Plan,
+        *,
+        started_at: datetime | None = None,
+        email: str | None = None,
+    ) -> Subscription:
+        """Put a customer on a plan; returns the subscription. Safe to repeat: the plan the customer
+        is on again changes nothing, another plan is a plan change (``docs/semantics.md``).
+
+        On the engine the billing periods are anchored at ``started_at`` (timezone-aware, not in the
+        future; default now). On ``polar://`` this creates the Polar customer if missing (with
+        ``email`` when given) and a subscription to the plan's free product; a paid plan raises
+        :class:`CheckoutRequired`.
+        """
+        customer, chosen, anchor = self._core.subscription(customer_id, plan, started_at)
+        mail = self._core.email(email)
+        return self._core.subscribed(customer, self.backend.subscribe(customer, chosen, anchor, email=mail))
+
+    def get_subscription(self, customer_id: str) -> Subscription | None:
+        """The customer's plan, status and current billing period; ``None`` without a subscription
+        (a default plan, if any, applies then)."""
+        return self.backend.get_subscription(self._core.customer(customer_id))
+
+    def cancel(self, customer_id: str) -> Subscription | None:
+        """Cancel the customer's subscription at the end of its current period (credits and limits
+        hold until then); ``None`` when there is none. Safe to repeat."""
+        return self.backend.cancel(self._core.customer(customer_id))
+
+    def list_customers(self, *, page: int = 1, limit: int = 100) -> Page[Customer]:
+        """The customers the backend knows, ``limit`` (at most 100) per page."""
+        return self.backend.list_customers(page=self._core.page(page, limit)[0], limit=limit)
+
+    def list_plans(self, *, page: int = 1, limit: int = 100) -> Page[Plan]:
+        """The plans customers can be subscribed to: on the engine every stored plan, on ``polar://``
+        the catalog's plans ``setup`` provisioned, as Polar has them (``product_id`` set)."""
+        return self.backend.list_plans(page=self._core.page(page, limit)[0], limit=limit)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything tracked so far is stored or delivered; False if ``timeout`` ran out."""
@@ -1188,9 +1264,26 @@ class AsyncMetering(_Base):
         return AsyncReservation(self, sync_res)
 
     async def subscribe(
-        self, customer_id: str, plan: str | Plan, *, started_at: datetime | None = None
-    ) -> None:
-        await self._run(self._sync.subscribe, customer_id, plan, started_at=started_at)
+        self,
+        customer_id: str,
+        plan: str | Plan,
+        *,
+        started_at: datetime | None = None,
+        email: str | None = None,
+    ) -> Subscription:
+        return await self._run(self._sync.subscribe, customer_id, plan, started_at=started_at, email=email)
+
+    async def get_subscription(self, customer_id: str) -> Subscription | None:
+        return await self._run(self._sync.get_subscription, customer_id)
+
+    async def cancel(self, customer_id: str) -> Subscription | None:
+        return await self._run(self._sync.cancel, customer_id)
+
+    async def list_customers(self, *, page: int = 1, limit: int = 100) -> Page[Customer]:
+        return await self._run(self._sync.list_customers, page=page, limit=limit)
+
+    async def list_plans(self, *, page: int = 1, limit: int = 100) -> Page[Plan]:
+        return await self._run(self._sync.list_plans, page=page, limit=limit)
 
     async def flush(self, timeout: float | None = None) -> bool:
         return await self._run(self._sync.flush, timeout)

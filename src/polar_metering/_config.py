@@ -8,6 +8,9 @@ Environment variables (read only when the matching option is not given):
 ``POLAR_ENVIRONMENT``     ``sandbox`` or ``production`` (default ``production``)
 ``POLAR_BASE_URL``        send Polar requests to another server, e.g. the emulator
 ``METERING_OUTBOX``       path of the durable outbox file for ``polar://``
+``METERING_CATALOG``      the catalog (``metering.toml`` path or ``module:attribute``) when
+                          ``init()`` gets no ``meters=``/``catalog=``; else ``./metering.toml``
+                          when it exists, else the four default meters
 ========================  =====================================================================
 """
 
@@ -19,12 +22,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from polar_metering._catalog import Catalog, Meter, Plan, load_catalog
+from polar_metering._catalog import DEFAULT_SOURCE, Catalog, Meter, Plan, resolve_catalog
 from polar_metering._clock import Clock, SystemClock
 from polar_metering._events import SURROGATE_RULE, describe, text_error
 from polar_metering._exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_URL", "MAX_TTL", "MeteringConfig", "build_config"]
+__all__ = ["DEFAULT_URL", "MAX_TTL", "MeteringConfig", "UnknownCustomer", "build_config"]
+
+#: what ``polar://`` does for a customer Polar does not know (``docs/polar.md``)
+UnknownCustomer = Literal["allow", "deny", "default_plan"]
 
 DEFAULT_URL = "sqlite:///metering.db"
 # The longest reservation hold, in seconds: it outlives no sensible action, and the bound keeps
@@ -54,9 +60,17 @@ class MeteringConfig:
     cache_size: int = 10_000
     outbox_path: str | None = None
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    #: where ``catalog`` came from, as ``init()`` and the CLIs report it
+    catalog_source: str = DEFAULT_SOURCE
+    #: polar:// only: what a customer Polar does not know may do. ``None``: the default plan's
+    #: limits when the catalog has a default plan, else no limit (the ``no_credits`` rule)
+    unknown_customer: UnknownCustomer | None = None
+    #: polar:// only: seconds a customer's subscription (plan and period) is kept before it is read
+    #: again; it is also read again at the period's end and after subscribe/cancel in this process
+    subscription_ttl: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("reservation_ttl", "cache_ttl", "stale_after"):
+        for name in ("reservation_ttl", "cache_ttl", "stale_after", "subscription_ttl"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -104,6 +118,18 @@ class MeteringConfig:
                 f"backend_options: must be a mapping of option names to values, got "
                 f"{describe(self.backend_options, 40)}"
             )
+        if self.unknown_customer not in (None, "allow", "deny", "default_plan"):
+            raise ConfigurationError(
+                "unknown_customer: must be 'allow', 'deny' or 'default_plan', "
+                f"got {describe(self.unknown_customer, 40)}"
+            )
+        if self.unknown_customer == "default_plan" and self.catalog.default_plan is None:
+            raise ConfigurationError(
+                "unknown_customer: 'default_plan' needs a default plan: pass default_plan= to init() "
+                "or set [defaults] plan in metering.toml"
+            )
+        if not isinstance(self.catalog_source, str):
+            raise ConfigurationError("catalog_source: must be a string")
         if self.environment not in ("sandbox", "production"):
             raise ConfigurationError(
                 f"environment: must be 'sandbox' or 'production', got {describe(self.environment, 40)}"
@@ -124,31 +150,43 @@ def build_config(
     meters: Iterable[Meter] | None = None,
     plans: Iterable[Plan] | None = None,
     catalog: Catalog | str | None = None,
+    default_plan: str | None = None,
     env: Mapping[str, str] | None = None,
     **options: Any,
 ) -> MeteringConfig:
     """Merge explicit options, the catalog pieces and environment fallbacks into one config.
 
-    Unknown options raise ``ConfigurationError`` naming them.
+    Without ``meters``/``catalog`` the catalog is ``METERING_CATALOG``, else ``./metering.toml`` when
+    it exists, else the four default meters (``resolve_catalog``). ``plans`` are added to it (one
+    named like a catalog plan replaces it) and ``default_plan`` replaces its default plan. Unknown
+    options raise ``ConfigurationError`` naming them.
     """
     env = os.environ if env is None else env
-    allowed = set(MeteringConfig.__dataclass_fields__) - {"url", "catalog"}
+    allowed = set(MeteringConfig.__dataclass_fields__) - {"url", "catalog", "catalog_source"}
     unknown = set(options) - allowed
     if unknown:
         raise ConfigurationError(
-            f"init: unknown options {sorted(unknown)}; known options are {sorted(allowed)}"
+            f"init: unknown options {sorted(unknown)}; known options are {sorted(allowed | {'default_plan'})}"
         )
     if catalog is not None and meters is not None:
         raise ConfigurationError("init: give either catalog= or meters=, not both")
-    cat = (
-        load_catalog(catalog)
-        if catalog is not None
-        else Catalog(_sequence(meters, "meters"))
-        if meters is not None
-        else Catalog()
-    )
+    if catalog is not None:
+        cat, source = resolve_catalog(catalog, env)
+    elif meters is not None:
+        cat, source = Catalog(_sequence(meters, "meters")), "the meters given in code"
+    else:
+        cat, source = resolve_catalog(None, env)
     if plans is not None:
-        cat = Catalog(cat.meters, tuple(cat.plans) + _sequence(plans, "plans"))
+        # A plan given in code replaces the catalog's plan of that name, as a toml meter of a
+        # default slug replaces the default one.
+        added = _sequence(plans, "plans")
+        names = {getattr(p, "name", None) for p in added}
+        kept = tuple(p for p in cat.plans if p.name not in names)
+        cat = Catalog(cat.meters, kept + added, cat.default_plan)
+    if default_plan is not None:
+        if not isinstance(default_plan, str) or not default_plan:
+            raise ConfigurationError(f"default_plan: must be a plan name, got {describe(default_plan, 40)}")
+        cat = Catalog(cat.meters, cat.plans, default_plan)
     url = url or env.get("METERING_URL") or DEFAULT_URL
     fallbacks = {
         "access_token": env.get("POLAR_ACCESS_TOKEN") or None,
@@ -160,4 +198,4 @@ def build_config(
         if options.get(key) is None and value is not None:
             options[key] = value
     options = {k: v for k, v in options.items() if v is not None}
-    return MeteringConfig(url=url, catalog=cat, **options)
+    return MeteringConfig(url=url, catalog=cat, catalog_source=source, **options)

@@ -4,7 +4,8 @@
 
     MeteringError
      ├── ConfigurationError            bad option, unknown backend URL, malformed meter or plan
-     │    └── NoCurrentCustomer        a call needed the current customer and none is set
+     │    ├── NoCurrentCustomer        a call needed the current customer and none is set
+     │    └── CheckoutRequired         subscribe to a paid plan on polar://: send the customer to checkout
      ├── ValidationError               one input broke a rule; ``.field`` and ``.rule`` say which
      │    └── BatchValidationError     several events broke rules; ``.errors`` lists (index, ValidationError)
      ├── UsageLimitExceeded            an action would go past a customer's limit; ``.status`` explains
@@ -36,6 +37,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "BatchValidationError",
+    "CheckoutRequired",
     "ConfigurationError",
     "MeteringError",
     "NoCurrentCustomer",
@@ -189,3 +191,14 @@ class RemoteValidationError(BackendError):
 
 class OutboxError(MeteringError):
     """The durable outbox could not store events (disk full, over its size bound, file unusable)."""
+
+
+class CheckoutRequired(ConfigurationError):
+    """``subscribe`` was asked for a paid plan on ``polar://``: Polar creates subscriptions to paid
+    products only through its checkout (``server/polar/subscription/service.py`` ``create`` at
+    c6c3645). ``product_id`` is the Polar product to send the customer to checkout for."""
+
+    def __init__(self, message: str, *, plan: str, product_id: str) -> None:
+        self.plan = plan
+        self.product_id = product_id
+        super().__init__(message)

@@ -1,4 +1,4 @@
-"""``setup``: make Polar's meters match the catalog, safely and repeatably.
+"""``setup``: make Polar's meters and plans match the catalog, safely and repeatably.
 
 - Lists every non-archived meter of the organization (all pages).
 - Creates each catalog meter Polar lacks, matched by name, with the body of ``Meter.to_polar()``:
@@ -8,6 +8,9 @@
   touching it: Polar locks both once the meter has aggregated events (server/polar/meter/service.py), and
   changing what a
   live meter counts is a billing decision for a person, not a script.
+
+- Provisions each catalog plan as a free recurring product with one meter-credit benefit per meter,
+  or checks the paid product a plan names (``_setup_plans.py``); plan drift is reported the same way.
 
 Running it twice creates nothing the second time.
 """
@@ -24,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from polar_metering._catalog import Catalog, Meter, load_catalog
 from polar_metering._exceptions import ConfigurationError, RemoteValidationError
 from polar_metering._meter_checks import MeterFinding, check_meters
+from polar_metering._setup_plans import PlanResult, provision_plans
 from polar_metering._status import as_dict
 
 if TYPE_CHECKING:
     from polar_metering._client import Metering
     from polar_metering.backends._polar._sdk import PolarSettings
 
-__all__ = ["MeterResult", "SetupReport", "run_setup"]
+__all__ = ["MeterResult", "PlanResult", "SetupReport", "run_setup"]
 
 Status = Literal["created", "would_create", "exists", "drift", "error"]
 #: ``SetupReport.server`` of a dry run made without a token (Polar was not contacted)
@@ -67,6 +71,8 @@ class SetupReport:
     notes: tuple[str, ...] = field(default=())
     #: meters that will behave surprisingly on Polar (``polar-metering check-meters``)
     warnings: tuple[MeterFinding, ...] = field(default=())
+    #: one result per catalog plan
+    plans: tuple[PlanResult, ...] = field(default=())
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of the fields (timestamps as ISO-8601 strings)."""
@@ -88,9 +94,25 @@ class SetupReport:
         return [r for r in self.results if r.status == "drift"]
 
     @property
+    def plans_created(self) -> list[str]:
+        """Plans whose product was created (or, in a dry run, would be)."""
+        return [p.name for p in self.plans if p.status in ("created", "would_create")]
+
+    @property
+    def plan_drift(self) -> list[PlanResult]:
+        """Plans whose Polar product grants other credits than the plan says."""
+        return [p for p in self.plans if p.status == "drift"]
+
+    @property
+    def benefits_created(self) -> int:
+        """Meter-credit benefits created (or, in a dry run, that would be)."""
+        return sum(len(p.benefits) for p in self.plans)
+
+    @property
     def errors(self) -> list[str]:
-        """One line per meter Polar refused to create."""
-        return [f"{r.slug}: {r.error}" for r in self.results if r.status == "error"]
+        """One line per meter Polar refused to create and per plan that could not be provisioned."""
+        meters = [f"{r.slug}: {r.error}" for r in self.results if r.status == "error"]
+        return meters + [f"plan {p.name}: {p.error}" for p in self.plans if p.status == "error"]
 
     @property
     def ok(self) -> bool:
@@ -115,12 +137,29 @@ class SetupReport:
                 lines.append(f"      {r.error}")
             if r.diff:
                 lines.extend(f"      {d}" for d in r.diff.splitlines())
+        for p in self.plans:
+            line = f"  {words[p.status]:<12} plan {p.name}"
+            if p.product_id:
+                line += f" product={p.product_id}"
+            if p.benefits:
+                made = "would create" if self.dry_run else "created"
+                line += f" ({made} benefits: {', '.join(p.benefits)})"
+            lines.append(line)
+            lines.extend(f"      {d}" for d in p.drift)
+            if p.error:
+                lines.append(f"      {p.error}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         verb = "to create" if self.dry_run else "created"
-        lines.append(
+        summary = (
             f"{len(self.created)} {verb}, {len(self.existing)} existing, "
             f"{len(self.drift)} drifted, {len(self.errors)} failed"
         )
+        if self.plans:
+            summary += (
+                f"; plans: {len(self.plans_created)} {verb}, {len(self.plan_drift)} drifted, "
+                f"{self.benefits_created} benefits {verb}"
+            )
+        lines.append(summary)
         return "\n".join(lines)
 
 
@@ -181,7 +220,7 @@ def run_setup(
     client: Metering | None = None,
     env: Mapping[str, str] | None = None,
 ) -> SetupReport:
-    """Create the catalog's missing meters in Polar and report drift; idempotent.
+    """Create the catalog's missing meters and plans in Polar and report drift; idempotent.
 
     ``catalog`` is a :class:`Catalog`, a ``metering.toml`` path, ``module:attribute``, or ``None``
     for the four default meters. Settings missing here fall back to ``POLAR_ACCESS_TOKEN``,
@@ -194,7 +233,10 @@ def run_setup(
 
     Raises :class:`ConfigurationError` (no token, bad catalog), :class:`AuthenticationError` (token
     rejected) or :class:`BackendUnavailable` (Polar unreachable). A meter Polar refuses (422) is
-    reported in ``errors`` and the other meters still go ahead.
+    reported in ``errors`` and the other meters still go ahead; so is a plan.
+
+    Each plan becomes a free recurring product with one meter-credit benefit per meter
+    (``report.plans``); a plan with ``product_id`` has that product checked instead.
     """
     from polar_metering._client import Metering as _Metering
 
@@ -266,8 +308,16 @@ def _run(catalog: Catalog, settings: PolarSettings, dry_run: bool) -> SetupRepor
                 results.append(MeterResult(meter.slug, meter.name, "error", error=str(exc)))
                 continue
             results.append(MeterResult(meter.slug, meter.name, "created", polar_id=str(created.id)))
+        # Benefits credit the meters Polar has under the catalog's names (drifted ones included: a
+        # plan credits the meter its name finds, as readings do).
+        meter_ids = {r.slug: r.polar_id for r in results if r.polar_id is not None}
+        plans = provision_plans(polar, settings, catalog, meter_ids, dry_run=dry_run) if catalog.plans else []
     return SetupReport(
-        tuple(results), server=settings.server, dry_run=dry_run, warnings=tuple(check_meters(catalog))
+        tuple(results),
+        server=settings.server,
+        dry_run=dry_run,
+        warnings=tuple(check_meters(catalog)),
+        plans=tuple(plans),
     )
 
 

@@ -11,13 +11,18 @@ from polar_metering._catalog import Plan
 from polar_metering._client import AsyncMetering, AsyncReservation
 from polar_metering._events import Event, MetadataValue
 from polar_metering._status import SafeResult, TrackingResult, UsageStatus
+from polar_metering._subscriptions import Customer, Page, Subscription
 
 __all__ = [
+    "cancel",
     "check_current_limit",
     "check_limit",
     "flush",
     "get_all_usage",
     "get_client",
+    "get_subscription",
+    "list_customers",
+    "list_plans",
     "reserve",
     "subscribe",
     "track_ai_tokens",
@@ -217,8 +222,26 @@ async def reserve(
     return await _client().reserve(customer_id, meter, amount, ttl=ttl)
 
 
-async def subscribe(customer_id: str, plan: str | Plan, *, started_at: datetime | None = None) -> None:
-    await _client().subscribe(customer_id, plan, started_at=started_at)
+async def subscribe(
+    customer_id: str, plan: str | Plan, *, started_at: datetime | None = None, email: str | None = None
+) -> Subscription:
+    return await _client().subscribe(customer_id, plan, started_at=started_at, email=email)
+
+
+async def get_subscription(customer_id: str) -> Subscription | None:
+    return await _client().get_subscription(customer_id)
+
+
+async def cancel(customer_id: str) -> Subscription | None:
+    return await _client().cancel(customer_id)
+
+
+async def list_customers(*, page: int = 1, limit: int = 100) -> Page[Customer]:
+    return await _client().list_customers(page=page, limit=limit)
+
+
+async def list_plans(*, page: int = 1, limit: int = 100) -> Page[Plan]:
+    return await _client().list_plans(page=page, limit=limit)
 
 
 async def flush(timeout: float | None = None) -> bool:

@@ -7,14 +7,13 @@ readings (at once on the local engine; after delivery and settling with Polar).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import pytest
 
-from polar_metering import Catalog, Metering, Plan
+from polar_metering import Catalog, Metering
 from polar_metering._catalog import DEFAULT_METERS, Meter
 from polar_metering.backends._engine.backend import LocalEngine
 
@@ -29,17 +28,17 @@ class Harness(Protocol):
 
 
 class EngineHarness:
-    """The local engine at a URL: credits through a per-customer plan."""
+    """The local engine at a URL: credits through grants, as a meter-credit benefit gives them in
+    Polar (each grant adds to the running sum; plans have their own tests, ``test_lifecycle``)."""
 
-    def __init__(self, name: str, url: str, meters: tuple[Meter, ...]) -> None:
+    def __init__(self, name: str, url: str, catalog: Catalog) -> None:
         self.name = name
-        self.client = Metering(url, catalog=Catalog(meters))
+        self.client = Metering(url, catalog=catalog)
         assert isinstance(self.client.backend, LocalEngine)
         self.engine: LocalEngine = self.client.backend
 
     def give_credits(self, customer: str, meter: str, units: float) -> None:
-        plan = Plan(f"plan-{uuid.uuid4().hex[:8]}", credits={meter: units})
-        self.engine.subscribe(customer, plan)
+        self.engine.grant_credits(customer, self.engine._meter_id(meter).id, units)
 
     def settle(self) -> None:
         assert self.client.flush(10)
@@ -48,19 +47,14 @@ class EngineHarness:
         self.client.close()
 
 
-HarnessFactory = Callable[[tuple[Meter, ...]], Any]
-_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]] = {}
+Factory = Callable[[pytest.FixtureRequest, Catalog], Any]
+_FACTORIES: dict[str, Factory] = {}
 
 
-def register(
-    name: str,
-) -> Callable[
-    [Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]],
-    Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any],
-]:
+def register(name: str) -> Callable[[Factory], Factory]:
     """Add a backend to the conformance matrix."""
 
-    def deco(fn: Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]) -> Any:
+    def deco(fn: Factory) -> Factory:
         _FACTORIES[name] = fn
         return fn
 
@@ -68,31 +62,36 @@ def register(
 
 
 @register("sqlite-file")
-def _sqlite_file(request: pytest.FixtureRequest, meters: tuple[Meter, ...]) -> EngineHarness:
+def _sqlite_file(request: pytest.FixtureRequest, catalog: Catalog) -> EngineHarness:
     tmp = request.getfixturevalue("tmp_path")
-    return EngineHarness("sqlite-file", f"sqlite:///{tmp / 'conformance.db'}", meters)
+    return EngineHarness("sqlite-file", f"sqlite:///{tmp / 'conformance.db'}", catalog)
 
 
 @register("sqlite-memory")
-def _sqlite_memory(request: pytest.FixtureRequest, meters: tuple[Meter, ...]) -> EngineHarness:
-    return EngineHarness("sqlite-memory", "sqlite:///:memory:", meters)
+def _sqlite_memory(request: pytest.FixtureRequest, catalog: Catalog) -> EngineHarness:
+    return EngineHarness("sqlite-memory", "sqlite:///:memory:", catalog)
 
 
 @register("postgresql")
-def _postgresql(request: pytest.FixtureRequest, meters: tuple[Meter, ...]) -> EngineHarness:
+def _postgresql(request: pytest.FixtureRequest, catalog: Catalog) -> EngineHarness:
     url = request.getfixturevalue("postgresql_url")
-    return EngineHarness("postgresql", url, meters)
+    return EngineHarness("postgresql", url, catalog)
 
 
-def factories() -> dict[str, Callable[[pytest.FixtureRequest, tuple[Meter, ...]], Any]]:
+def factories() -> dict[str, Factory]:
     return _FACTORIES
 
 
 @contextmanager
 def open_harness(
-    request: pytest.FixtureRequest, name: str, meters: tuple[Meter, ...] = DEFAULT_METERS
+    request: pytest.FixtureRequest,
+    name: str,
+    meters: tuple[Meter, ...] = DEFAULT_METERS,
+    *,
+    catalog: Catalog | None = None,
 ) -> Iterator[Any]:
-    harness = _FACTORIES[name](request, meters)
+    """A harness on backend ``name`` with ``catalog`` (or just ``meters``); closed afterwards."""
+    harness = _FACTORIES[name](request, catalog if catalog is not None else Catalog(meters))
     try:
         yield harness
     finally:

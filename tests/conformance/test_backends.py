@@ -202,7 +202,7 @@ def test_unknown_customer_has_no_limit(h: Any) -> None:
 def test_giving_credits_does_not_reset_usage(h: Any) -> None:
     """Credits only add (Polar: a meter-credit benefit emits ``meter.credited``; ``reset_meters``
     resets only meters with a metered price, subscription/service.py at c6c3645). 5 tracked, 10
-    credited, 2 more: 7 of 10 (issue 13, row 1). On the engine the credit is a plan subscription."""
+    credited, 2 more: 7 of 10 (issue 13, row 1). ``test_lifecycle`` has the same for subscriptions."""
     for _ in range(5):
         h.client.track_api_request("cust_credit", "/x")
     h.settle()

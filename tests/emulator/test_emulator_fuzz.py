@@ -36,6 +36,20 @@ ROUTES: list[tuple[str, str, bool]] = [
     ("POST", "/v1/customers/", True),
     ("GET", "/v1/customers/{customer}", False),
     ("GET", "/v1/customers/{customer}/state", False),
+    ("GET", "/v1/products/", False),
+    ("POST", "/v1/products/", True),
+    ("GET", "/v1/products/{product}", False),
+    ("PATCH", "/v1/products/{product}", True),
+    ("POST", "/v1/products/{product}/benefits", True),
+    ("GET", "/v1/benefits/", False),
+    ("POST", "/v1/benefits/", True),
+    ("GET", "/v1/benefits/{benefit}", False),
+    ("PATCH", "/v1/benefits/{benefit}", True),
+    ("GET", "/v1/subscriptions/", False),
+    ("POST", "/v1/subscriptions/", True),
+    ("GET", "/v1/subscriptions/{subscription}", False),
+    ("PATCH", "/v1/subscriptions/{subscription}", True),
+    ("DELETE", "/v1/subscriptions/{subscription}", False),
     ("GET", "/__emulator__/health", False),
     ("POST", "/__emulator__/customers", True),
     ("POST", "/__emulator__/credits", True),
@@ -53,12 +67,16 @@ FIELDS = [
     "organization_id", "member_id", "filter", "aggregation", "conjunction", "clauses", "property",
     "operator", "value", "func", "unit", "custom_label", "custom_multiplier", "is_archived", "email",
     "type", "meter_id", "units", "rollover", "credits", "plan", "started_at", "interval", "_llm",
-    "_cost", "amount", "currency", "total_tokens",
+    "_cost", "amount", "currency", "total_tokens", "prices", "amount_type", "price_amount",
+    "recurring_interval", "benefits", "properties", "description", "product_id",
+    "cancel_at_period_end", "revoke", "visibility", "minimum_amount",
 ]  # fmt: skip
 PARAMS = [
     "page", "limit", "sorting", "start_timestamp", "end_timestamp", "interval", "timezone",
     "customer_id", "external_customer_id", "meter_id", "organization_id", "name", "source",
     "customer_aggregation_function", "is_archived", "query", "email", "metadata[k]", "filter",
+    "product_id", "status", "active", "benefit_id", "is_recurring", "cancel_at_period_end", "type",
+    "id", "exclude_id", "visibility",
 ]  # fmt: skip
 
 NASTY_TEXT = [
@@ -137,7 +155,7 @@ def _requests(draw: st.DrawFn, route: tuple[str, str, bool], known: dict[str, st
         )
     )
     path = template
-    for slot in ("{meter}", "{customer}", "{any}", "{external}"):
+    for slot in ("{meter}", "{customer}", "{any}", "{external}", "{product}", "{benefit}", "{subscription}"):
         path = path.replace(slot, segment if draw(st.booleans()) else known.get(slot.strip("{}"), segment))
     params = draw(st.lists(st.tuples(st.sampled_from(PARAMS) | _text(), _text()), max_size=6))
     query = "&".join(f"{_encoded(k)}={_encoded(v)}" for k, v in params)
@@ -174,7 +192,32 @@ def fuzzed() -> Iterator[tuple[EmulatorHandle, dict[str, str]]]:
         admin = AdminClient(emu.base_url, emu.token)
         customer = admin.create_customer(external_id="fuzz-customer", email="fuzz@example.com")
         meter = httpx.get(f"{emu.base_url}/v1/meters/", headers=emu.headers).json()["items"][0]["id"]
-        yield emu, {"meter": meter, "customer": customer["id"], "external": "fuzz-customer", "any": meter}
+        known = _commerce(emu, meter, customer["id"])
+        ids = {"meter": meter, "customer": customer["id"], "external": "fuzz-customer", "any": meter}
+        yield emu, {**ids, **known}
+
+
+def _commerce(emu: EmulatorHandle, meter: str, customer: str) -> dict[str, str]:
+    """A free product with a meter-credit benefit and a subscription to it, for the routes that
+    take their ids."""
+    with httpx.Client(base_url=emu.base_url, headers=emu.headers) as http:
+        product = http.post(
+            "/v1/products/",
+            json={"name": "Fuzz plan", "recurring_interval": "month", "prices": [{"amount_type": "free"}]},
+        ).json()
+        benefit = http.post(
+            "/v1/benefits/",
+            json={
+                "type": "meter_credit",
+                "description": "10 units",
+                "properties": {"meter_id": meter, "units": 10, "rollover": False},
+            },
+        ).json()
+        attach = {"benefits": [benefit["id"]]}
+        http.post(f"/v1/products/{product['id']}/benefits", json=attach).raise_for_status()
+        created = {"product_id": product["id"], "customer_id": customer}
+        sub = http.post("/v1/subscriptions/", json=created).json()
+    return {"product": product["id"], "benefit": benefit["id"], "subscription": sub["id"]}
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +344,15 @@ def test_every_route_is_fuzzed() -> None:
     finally:
         engine.close()
     table = {
-        (m, p.replace("{meter}", "{id}").replace("{customer}", "{id}").replace("{any}", "{id}"))
+        (
+            m,
+            p.replace("{meter}", "{id}")
+            .replace("{customer}", "{id}")
+            .replace("{any}", "{id}")
+            .replace("{product}", "{id}")
+            .replace("{benefit}", "{id}")
+            .replace("{subscription}", "{id}"),
+        )
         for m, p, _ in ROUTES
     }
     table = {

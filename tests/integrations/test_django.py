@@ -8,6 +8,7 @@ import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import django
@@ -346,3 +347,34 @@ def test_django_a_call_needing_the_customer_answers_401_not_500(django_policy: A
 def test_django_bad_policy_is_a_configuration_error(django_policy: Any) -> None:
     with django_policy("sometimes"), pytest.raises(metering.ConfigurationError, match="ANONYMOUS"):
         Client().post("/limited")
+def test_on_polar_the_429_retry_after_counts_to_the_subscriptions_period_end(
+    polar_settings: dict[str, Any], tmp_path: Any
+) -> None:
+    """The same app on ``polar://`` (the emulator, the plans provisioned by setup): signup subscribes
+    through Polar, and the refusal's Retry-After counts to the subscription's period end."""
+    from polar_metering import DEFAULT_METERS, Catalog
+    from polar_metering._setup import run_setup
+    from polar_metering.emulator import running_emulator
+
+    with running_emulator() as emu:
+        report = run_setup(
+            Catalog(DEFAULT_METERS, (example.FREE,)), access_token=emu.token, base_url=emu.base_url
+        )
+        assert report.ok, str(report)
+        configured = {k: v for k, v in polar_settings.items() if k != "CLOCK"}
+        configured.update(
+            URL=f"polar://?base_url={emu.base_url}",
+            ACCESS_TOKEN=emu.token,
+            OPTIONS={"outbox_path": str(tmp_path / "outbox.db"), "cache_ttl": 0, "subscription_ttl": 0},
+        )
+        metering.shutdown()
+        with override_settings(POLAR_METERING=configured):
+            client = Client()
+            assert client.post("/signup", headers=ORG).status_code == 200
+            responses = [client.post("/api/process", headers=ORG) for _ in range(6)]
+            assert [r.status_code for r in responses] == [200] * 5 + [429]
+            subscription = metering.get_subscription("org_1")
+            assert subscription is not None and subscription.period_end is not None
+            left = (subscription.period_end - datetime.now(UTC)).total_seconds()
+            assert abs(int(responses[5].headers["Retry-After"]) - math.ceil(left)) <= 2
+            metering.shutdown()

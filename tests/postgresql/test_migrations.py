@@ -85,6 +85,10 @@ def _as_version_1(url: str, *, stamped: bool) -> None:
     db = Database(url)
     with db.write() as conn:
         conn.exec_driver_sql("ALTER TABLE pm_usage DROP COLUMN credited_rollover")
+        # schema 4 (v0004_lifecycle)
+        conn.exec_driver_sql("ALTER TABLE pm_accounts DROP COLUMN ends_us")
+        conn.exec_driver_sql("DROP INDEX ix_pm_polar_objects_customer")
+        conn.exec_driver_sql("DROP TABLE pm_polar_objects")
         conn.exec_driver_sql("UPDATE pm_info SET value = '1' WHERE key = 'schema_version'")
         if stamped:
             conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0001'")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from polar_metering._clock import Clock
     from polar_metering._events import Event
     from polar_metering._status import MeterReading
+    from polar_metering._subscriptions import Customer, Page, Subscription
 
 __all__ = [
     "Backend",
@@ -203,12 +204,34 @@ class Backend(ABC):
         server/polar/kit/time_queries.py)."""
         raise ConfigurationError(f"usage_history: the {self.url.scheme}:// backend has no usage history")
 
-    # -- plans (local engine) -------------------------------------------------------------------
-    def subscribe(self, customer: str, plan: Plan | str, started_at: datetime | None = None) -> None:
-        raise ConfigurationError(
-            f"subscribe: the {self.url.scheme}:// backend has no local plans; in Polar, customers get "
-            "credits through subscriptions and meter-credit benefits"
-        )
+    # -- plans and the customer lifecycle -------------------------------------------------------------
+    def _no_plans(self, action: str) -> ConfigurationError:
+        return ConfigurationError(f"{action}: the {self.url.scheme}:// backend has no plans or subscriptions")
+
+    def subscribe(
+        self,
+        customer: str,
+        plan: Plan | str,
+        started_at: datetime | None = None,
+        *,
+        email: str | None = None,
+    ) -> Subscription | None:
+        """Put ``customer`` on ``plan``: idempotent, another plan is a plan change (``docs/semantics.md``)."""
+        raise self._no_plans("subscribe")
+
+    def get_subscription(self, customer: str) -> Subscription | None:
+        """The customer's current plan and billing period, or ``None`` without a subscription."""
+        raise self._no_plans("get_subscription")
+
+    def cancel(self, customer: str) -> Subscription | None:
+        """Cancel at the end of the current period; ``None`` when there is nothing to cancel."""
+        raise self._no_plans("cancel")
+
+    def list_customers(self, *, page: int, limit: int) -> Page[Customer]:
+        raise self._no_plans("list_customers")
+
+    def list_plans(self, *, page: int, limit: int) -> Page[Plan]:
+        raise self._no_plans("list_plans")
 
     # -- reservations -----------------------------------------------------------------------------
     def hold(

@@ -63,7 +63,11 @@ def dashboard(
         ),
     ] = None,
     catalog: Annotated[
-        str | None, typer.Option(help="metering.toml or module:attribute with your meters.")
+        str | None,
+        typer.Option(
+            help="metering.toml or module:attribute (default: METERING_CATALOG, else ./metering.toml, "
+            "else the default meters)."
+        ),
     ] = None,
     allow_actions: Annotated[
         bool,
@@ -95,6 +99,7 @@ def dashboard(
     except MeteringError as exc:
         err(f"error: {exc}", err=True)
         raise typer.Exit(4) from None
+    err(f"catalog: {client.catalog_source} ({client.catalog.describe()})", err=True)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     address = f"http://{shown}:{bound_port}/"

@@ -18,14 +18,17 @@ from starlette.routing import Route
 from polar_metering._exceptions import ConfigurationError, NotFound
 from polar_metering.emulator._admin import admin_routes
 from polar_metering.emulator._billing import DEFAULT_BILLING_INTERVAL, BillingSchedule
+from polar_metering.emulator._commerce import Commerce
 from polar_metering.emulator._context import Emulator
 from polar_metering.emulator._customers import CustomerRoutes
 from polar_metering.emulator._errors import PolarJSON, RequestRejected
 from polar_metering.emulator._gate import Gate, RateLimiter, Secret
 from polar_metering.emulator._notify import Notifier, Ticker
+from polar_metering.emulator._product_routes import ProductRoutes
 from polar_metering.emulator._quirks import PolarQuirks
 from polar_metering.emulator._routes import NOT_FOUND, PolarRoutes
 from polar_metering.emulator._settle import SettledBalances
+from polar_metering.emulator._subscription_routes import SubscriptionRoutes
 from polar_metering.emulator._webhooks import WebhookSender
 
 if TYPE_CHECKING:
@@ -68,7 +71,23 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def _polar_routes(emu: Emulator) -> list[Route]:
     r = PolarRoutes(emu)
     c = CustomerRoutes(emu)
+    k = ProductRoutes(emu)
+    sub = SubscriptionRoutes(emu)
     return [
+        Route("/v1/products/", k.list_products, methods=["GET"]),
+        Route("/v1/products/", k.create_product, methods=["POST"]),
+        Route("/v1/products/{id}", k.get_product, methods=["GET"]),
+        Route("/v1/products/{id}", k.update_product, methods=["PATCH"]),
+        Route("/v1/products/{id}/benefits", k.update_product_benefits, methods=["POST"]),
+        Route("/v1/benefits/", k.list_benefits, methods=["GET"]),
+        Route("/v1/benefits/", k.create_benefit, methods=["POST"]),
+        Route("/v1/benefits/{id}", k.get_benefit, methods=["GET"]),
+        Route("/v1/benefits/{id}", k.update_benefit, methods=["PATCH"]),
+        Route("/v1/subscriptions/", sub.list_subscriptions, methods=["GET"]),
+        Route("/v1/subscriptions/", sub.create_subscription, methods=["POST"]),
+        Route("/v1/subscriptions/{id}", sub.get_subscription, methods=["GET"]),
+        Route("/v1/subscriptions/{id}", sub.update_subscription, methods=["PATCH"]),
+        Route("/v1/subscriptions/{id}", sub.revoke_subscription, methods=["DELETE"]),
         Route("/v1/events/ingest", r.ingest, methods=["POST"]),
         Route("/v1/events/", r.list_events, methods=["GET"]),
         Route("/v1/meters/", r.list_meters, methods=["GET"]),
@@ -151,7 +170,9 @@ def create_app(
     settled = SettledBalances(engine, settle_delay, quirks=quirks)
     billing = BillingSchedule(engine, billing_interval)
     notifier = Notifier(engine, settled, organization_id, sender)
-    emu = Emulator(engine, settled, organization_id, quirks, billing, notifier)
+    commerce = Commerce(engine, organization_id, notifier, on_credit=settled.settle)
+    notifier.commerce = commerce
+    emu = Emulator(engine, settled, organization_id, quirks, billing, notifier, commerce)
     ticker = Ticker(notifier, billing, settled, period=tick)
 
     @contextlib.asynccontextmanager

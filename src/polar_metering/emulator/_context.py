@@ -14,6 +14,7 @@ from polar_metering.emulator._errors import decode_body
 if TYPE_CHECKING:
     from polar_metering.backends._engine.backend import LocalEngine
     from polar_metering.emulator._billing import BillingSchedule
+    from polar_metering.emulator._commerce import Commerce
     from polar_metering.emulator._notify import Notifier
     from polar_metering.emulator._quirks import PolarQuirks
     from polar_metering.emulator._settle import SettledBalances
@@ -33,13 +34,16 @@ class Emulator:
     quirks: PolarQuirks
     billing: BillingSchedule
     notifier: Notifier
+    commerce: Commerce
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a (synchronous) engine call in a worker thread, after any billing pass now due."""
+        """Run a (synchronous) engine call in a worker thread, after any billing pass and
+        subscription renewal now due."""
         return await run_in_threadpool(self._call, fn, *args)
 
     def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         self.billing.tick()
+        self.commerce.tick()  # subscriptions whose period ended renew (or end) first
         return fn(*args)
 
 

@@ -113,7 +113,7 @@ class CustomerRoutes:
         self, external_id: str | None, email: str | None, name: str | None, metadata: dict[str, Any]
     ) -> CustomerRecord:
         if email is not None:
-            matches, _ = self.engine.list_customers(page=1, limit=100, query=email)
+            matches, _ = self.engine.polar_customers(page=1, limit=100, query=email)
             if any((c.email or "").lower() == email.lower() for c in matches):
                 raise RequestRejected(
                     [
@@ -147,9 +147,9 @@ class CustomerRoutes:
         sorting = p.sorting(_CUSTOMER_SORT_KEYS, ["-created_at"])
         orgs = p.uuids("organization_id")
         p.check()
+        active = p.boolean("active")
+        p.check()
         q = request.query_params
-        if "active" in q:
-            raise unsupported("active", q["active"], "The emulator has no subscriptions to filter on.")
         if metadata_query(request):
             raise unsupported(
                 "metadata", None, "The emulator does not support metadata filters on customers."
@@ -157,6 +157,13 @@ class CustomerRoutes:
         if org_filter_excludes(orgs, self.org_id):
             return PolarJSON(out.list_json([], 0, limit))
         picked = await self.emu.run(self._customers, q.get("query"), q.get("email"))
+        if active is not None:
+            # Polar: an active customer has a trialing, active or past_due subscription
+            # (customer/repository.py ``get_active_clause``).
+            billable = await self.emu.run(
+                lambda: {c.id for c in picked if self.emu.commerce.has_billable_subscription(c.id)}
+            )
+            picked = [c for c in picked if (c.id in billable) == active]
         sort_by(picked, sorting, lambda c, name: getattr(c, name))
         window = picked[(page - 1) * limit : page * limit]
         return PolarJSON(
@@ -166,8 +173,8 @@ class CustomerRoutes:
     def _customers(self, query: str | None, email: str | None) -> list[CustomerRecord]:
         # The engine pages by creation order only; Polar sorts (newest first by default) and filters
         # by exact email, so the emulator takes every match and orders them itself.
-        _, total = self.engine.list_customers(page=1, limit=1, query=email or query)
-        found, _ = self.engine.list_customers(page=1, limit=max(total, 1), query=email or query)
+        _, total = self.engine.polar_customers(page=1, limit=1, query=email or query)
+        found, _ = self.engine.polar_customers(page=1, limit=max(total, 1), query=email or query)
         if email is not None:
             found = [c for c in found if (c.email or "").lower() == email.lower()]
             if query:
@@ -218,8 +225,10 @@ class CustomerRoutes:
             meter_ids = [m.id for m in self.engine.list_meters(include_archived=True)]
             return self.emu.settled.rows(customer_ids=[customer.id], meter_ids=meter_ids)
 
-        meters = await self.emu.run(rows)
-        return PolarJSON(out.customer_state_json(customer, meters, self.org_id))
+        def state() -> dict[str, object]:
+            return self.emu.notifier.state_json(customer, rows())
+
+        return PolarJSON(await self.emu.run(state))
 
 
 def customer_created(emu: Emulator, customer: CustomerRecord) -> None:

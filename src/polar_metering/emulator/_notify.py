@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from polar_metering.emulator import _payloads as hooks
 from polar_metering.emulator import _serialize as out
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
     from polar_metering._catalog import Plan
     from polar_metering.backends._engine.backend import LocalEngine
-    from polar_metering.backends._engine.records import CustomerRecord, MeterRecord
+    from polar_metering.backends._engine.records import CustomerMeterRecord, CustomerRecord, MeterRecord
     from polar_metering.emulator._billing import BillingSchedule
+    from polar_metering.emulator._commerce import Commerce
     from polar_metering.emulator._settle import SettledBalances
     from polar_metering.emulator._webhooks import WebhookSender
 
@@ -46,12 +47,27 @@ class Notifier:
         self.sender = sender
         self._changed: set[str] = set()
         self._lock = threading.Lock()
+        #: products and subscriptions, set once the emulator has built them (they send through this)
+        self.commerce: Commerce | None = None
         if sender is not None:
             settled.on_settled = self.balances_changed
 
     @property
     def enabled(self) -> bool:
         return self.sender is not None
+
+    def state_json(self, customer: CustomerRecord, rows: Sequence[CustomerMeterRecord]) -> dict[str, Any]:
+        """The customer's ``CustomerState``, subscriptions and benefit grants included."""
+        commerce = self.commerce
+        subs = [] if commerce is None else commerce.active_subscriptions(customer.id)
+        grants = [] if commerce is None else commerce.active_grants(customer.id)
+        return out.customer_state_json(
+            customer,
+            rows,
+            self.org_id,
+            subscriptions=[commerce.state_subscription_json(s) for s in subs] if commerce else [],
+            grants=[commerce.state_grant_json(g) for g in grants] if commerce else [],
+        )
 
     def _now(self) -> datetime:
         return self.engine.clock.now()
@@ -77,9 +93,21 @@ class Notifier:
                 continue  # a customer key without a Polar customer: Polar has no state for it
             meter_ids = [m.id for m in self.engine.list_meters(include_archived=True)]
             rows = self.settled.rows(customer_ids=[customer.id], meter_ids=meter_ids)
-            self._send("customer.state_changed", out.customer_state_json(customer, rows, self.org_id))
+            self._send("customer.state_changed", self.state_json(customer, rows))
             sent += 1
         return sent
+
+    def commerce_event(
+        self, event_type: str, data: dict[str, Any], *, customer_id: str | None = None
+    ) -> None:
+        """A ``subscription.*`` or ``benefit_grant.*`` event of ``/v1/subscriptions`` and products:
+        ``data`` is already in Polar's shape (``_commerce``)."""
+        if self.sender is None:
+            return
+        self._send(event_type, data)
+        affected = customer_id or data.get("customer_id")
+        if isinstance(affected, str):
+            self.balances_changed([affected])
 
     def customer_created(self, customer: CustomerRecord) -> None:
         if self.sender is not None:
@@ -141,6 +169,8 @@ class Ticker:
     def tick(self) -> None:
         """One round of background work (also called directly by tests)."""
         self.billing.tick()
+        if self.notifier.commerce is not None:
+            self.notifier.commerce.tick()
         self.settled.sweep()
         if self.notifier.sender is not None:
             self.notifier.flush_state_changes()

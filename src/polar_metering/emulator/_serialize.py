@@ -196,17 +196,20 @@ def state_meter_json(record: CustomerMeterRecord) -> dict[str, Any]:
 
 
 def customer_state_json(
-    customer: CustomerRecord, meters: Iterable[CustomerMeterRecord], org_id: str
+    customer: CustomerRecord,
+    meters: Iterable[CustomerMeterRecord],
+    org_id: str,
+    *,
+    subscriptions: Sequence[dict[str, Any]] = (),
+    grants: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """A ``CustomerState``: the customer plus ``active_meters``, ordered by ``created_at``.
-
-    The emulator has no products, so ``active_subscriptions`` and ``granted_benefits`` are empty.
-    """
+    """A ``CustomerState``: the customer plus ``active_subscriptions``, ``granted_benefits`` and
+    ``active_meters``, ordered by ``created_at`` (``server/polar/customer/schemas/state.py``)."""
     rows = sorted(meters, key=lambda r: (r.created_at, r.id))
     return {
         **customer_json(customer, org_id),
-        "active_subscriptions": [],
-        "granted_benefits": [],
+        "active_subscriptions": list(subscriptions),
+        "granted_benefits": list(grants),
         "active_meters": [state_meter_json(r) for r in rows],
     }
 

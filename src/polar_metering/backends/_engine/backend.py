@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -39,6 +39,7 @@ from polar_metering._status import MeterReading
 from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult, parse_backend_url
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.dialect import Database, insert_ignore
+from polar_metering.backends._engine.lifecycle import Lifecycle
 from polar_metering.backends._engine.polar_surface import PolarSurface
 from polar_metering.backends._engine.records import PolarEventIn
 from polar_metering.backends._engine.rollups import (
@@ -143,8 +144,9 @@ class _Row:
     external_id: str | None
 
 
-class LocalEngine(PolarSurface, Backend):
-    """The embedded engine behind ``sqlite://`` and ``postgresql://`` URLs."""
+class LocalEngine(Lifecycle, PolarSurface, Backend):
+    """The embedded engine behind ``sqlite://`` and ``postgresql://`` URLs; subscriptions and plan
+    changes are in ``lifecycle.py``."""
 
     schemes = ("sqlite", "postgresql", "postgres")
     supports_plans = True
@@ -166,6 +168,7 @@ class LocalEngine(PolarSurface, Backend):
         super().__init__(url, catalog=catalog, clock=clock)
         self.db = Database(url.raw, busy_timeout_ms=busy, echo=options.get("echo", False))
         self._plans: dict[str, Plan] = {}
+        self._default_plan: Plan | None = catalog.default
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
         self.time = EngineTime(clock, self.db)
@@ -174,7 +177,7 @@ class LocalEngine(PolarSurface, Backend):
             f"AND h.expires_us > {self.time.hold_sql}"
         )
         self._sql_account = self._sql(
-            "SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ?"
+            "SELECT customer, plan, anchor_us, reset_us, ends_us FROM pm_accounts WHERE customer = ?"
         )
         self._sql_reading = self._sql(
             f"SELECT u.n, u.total, u.vmax, u.vmin, u.credited, (SELECT COALESCE(SUM(h.amount), 0.0) {held}), "
@@ -319,13 +322,20 @@ class LocalEngine(PolarSurface, Backend):
 
     def _window_of(self, conn: Connection, acct: Any, now: datetime) -> Window:
         plan = self._plan(conn, acct.plan) if acct is not None else None
-        if plan is not None and acct is not None and acct.anchor_us is not None:
+        now_us = to_us(now)
+        # A plan canceled at period end stops at ``ends_us``; usage after it starts a new window.
+        ended = None
+        if acct is not None and acct.ends_us is not None and now_us >= acct.ends_us:
+            ended = acct.ends_us
+        if plan is not None and ended is None and acct is not None and acct.anchor_us is not None:
             start, end = period_containing(from_us(acct.anchor_us), plan.interval, now)
         else:
             start, end = calendar_month(now)
+            plan = self._default_plan  # None unless the catalog names one (docs/semantics.md)
         start_us, end_us = to_us(start), to_us(end)
-        if acct is not None and acct.reset_us is not None and start_us <= acct.reset_us <= to_us(now):
-            start_us = acct.reset_us
+        for mark in (acct.reset_us if acct is not None else None, ended):
+            if mark is not None and start_us <= mark <= now_us:
+                start_us = max(start_us, mark)
         return Window(start_us, end_us, plan)
 
     def _window_at(self, conn: Connection, customer: str, at_us: int) -> Window:
@@ -682,93 +692,6 @@ class LocalEngine(PolarSurface, Backend):
             self._meter_id(slug)
         with self.db.write() as conn:
             self._store_plan(conn, plan)
-
-    def subscribe(self, customer: str, plan: Plan | str, started_at: datetime | None = None) -> None:
-        """Put ``customer`` on ``plan`` with periods anchored at ``started_at`` (default now).
-
-        A plan is the engine's stand-in for a Polar product with meter-credit benefits, and follows
-        Polar's rules for one (``server/polar/subscription/service.py`` ``reset_meters``, and
-        ``server/polar/benefit/strategies/meter_credit/service.py`` at c6c3645):
-
-        - Subscribing does **not** reset usage: Polar resets only meters that carry a metered price
-          on the product, and a credit benefit only adds credit. The usage and credit of the window
-          the customer is in carry into the subscription's first period, and the plan's units are
-          added to that credit.
-        - Each renewal starts a new window with the plan's units (plus rollover), as Polar's benefit
-          cycle resets the credited meter and grants again.
-
-        With ``started_at`` before the current period (a subscription renewed since), the window is
-        the current period: a renewal reset it.
-        """
-        plan_name = plan.name if isinstance(plan, Plan) else plan
-        now = self.time.now()
-        anchor = now if started_at is None else started_at.astimezone(UTC)
-        if anchor > now:
-            raise ConfigurationError("started_at: must not be in the future")
-        now_us = to_us(now)
-        with self.db.write() as conn:
-            if isinstance(plan, Plan):
-                self._store_plan(conn, plan)
-            elif self._plan(conn, plan_name) is None:
-                raise ConfigurationError(f"plan: unknown plan {plan_name!r}; pass plans=[...] to init()")
-            stored = self._plan(conn, plan_name)
-            assert stored is not None
-            old = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
-            old_window = self._window_of(conn, old, now)
-            since = usage_since(old, old_window)
-            carried = self._window_credits(conn, customer, old_window)
-            period_start_us = to_us(period_containing(anchor, stored.interval, now)[0])
-            # The usage window continues unless a renewal came in between (a backdated anchor whose
-            # first period is over); a reset inside the current period is kept either way.
-            continues = period_start_us == to_us(anchor) or since >= period_start_us
-            values = {"plan": plan_name, "anchor_us": to_us(anchor), "reset_us": since if continues else None}
-            conn.execute(insert_ignore(self.db.engine, t.accounts).values(customer=customer, **values))
-            conn.execute(update(t.accounts).where(t.accounts.c.customer == customer).values(**values))
-            self._rebuild_customer(conn, customer)
-            if continues:
-                self._carry_credits(conn, customer, stored, carried, now_us)
-
-    def _window_credits(self, conn: Connection, customer: str, window: Window) -> dict[str, Credit]:
-        """The credit of each of the customer's rollup rows in ``window``: what a subscription that
-        does not reset keeps."""
-        where = and_(t.usage.c.customer == customer, t.usage.c.window_us == window.start_us)
-        rows = conn.execute(select(t.usage).where(where)).all()
-        return {
-            r.meter_id: Credit(float(r.credited), flagged_credit(r, window.plan))
-            for r in rows
-            if r.credited is not None
-        }
-
-    def _carry_credits(
-        self, conn: Connection, customer: str, plan: Plan, carried: Mapping[str, Credit], now_us: int
-    ) -> None:
-        """Set the current window's credit to what the customer had plus the plan's units: Polar's
-        benefit grant adds a ``meter.credited`` event to the running sum, it resets nothing."""
-        window = self._window(conn, customer, from_us(now_us))
-        for m in sorted(self._meters.values(), key=lambda m: m.id):
-            if m.archived:
-                continue
-            base = plan_units(plan, m)
-            kept = carried.get(m.id)
-            if base is None and kept is None:
-                credit = None
-            else:
-                fresh = (base or 0.0) if plan.rollover else 0.0
-                credit = Credit(
-                    (base or 0.0) + (kept.units if kept else 0.0), fresh + (kept.rollover if kept else 0.0)
-                )
-            self._usage_row(conn, customer, m, window, lock=True)
-            conn.execute(
-                update(t.usage)
-                .where(
-                    and_(
-                        t.usage.c.customer == customer,
-                        t.usage.c.meter_id == m.id,
-                        t.usage.c.window_us == window.start_us,
-                    )
-                )
-                .values(**_credit_columns(credit), modified_us=now_us)
-            )
 
     def reset_meters(self, customer_id: str, meter_id: str | None = None) -> None:
         """Start a new window now for a customer (Polar's ``meter.reset``,

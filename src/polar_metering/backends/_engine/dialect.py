@@ -67,7 +67,9 @@ _PG_LOCK_USAGE = (
     "ON u.customer = k.c AND u.meter_id = k.m AND u.window_us = k.w "
     'ORDER BY u.customer COLLATE "C", u.meter_id COLLATE "C", u.window_us FOR UPDATE OF u'
 )
-_PG_ACCOUNTS = "SELECT customer, plan, anchor_us, reset_us FROM pm_accounts WHERE customer = ANY(%b::text[])"
+_PG_ACCOUNTS = (
+    "SELECT customer, plan, anchor_us, reset_us, ends_us FROM pm_accounts WHERE customer = ANY(%b::text[])"
+)
 
 
 _SQLITE_INSERT_EVENTS = (

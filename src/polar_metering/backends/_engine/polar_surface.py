@@ -359,9 +359,10 @@ class PolarSurface(QuantitiesSurface):
             row = conn.execute(select(t.customers).where(t.customers.c.external_id == external_id)).first()
         return None if row is None else self._customer_record(row)
 
-    def list_customers(
+    def polar_customers(
         self, *, page: int = 1, limit: int = 10, query: str | None = None
     ) -> tuple[list[CustomerRecord], int]:
+        """Polar customer records (the emulator's ``/v1/customers``), matching ``query``."""
         cond = None
         if query:
             like = f"%{query}%"

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -78,7 +78,8 @@ customers = Table(
     Column("modified_us", BigInteger, nullable=True),
 )
 
-# Billing state per customer key: the plan, its period anchor, and the last manual reset.
+# Billing state per customer key: the plan, its period anchor, the last manual reset, and (schema
+# 4) when a plan canceled at period end stops applying.
 accounts = Table(
     "pm_accounts",
     metadata,
@@ -86,6 +87,7 @@ accounts = Table(
     Column("plan", Text, nullable=True),
     Column("anchor_us", BigInteger, nullable=True),
     Column("reset_us", BigInteger, nullable=True),
+    Column("ends_us", BigInteger, nullable=True),
 )
 
 plans = Table(
@@ -140,6 +142,19 @@ holds = Table(
     Column("created_us", BigInteger, nullable=False),
 )
 Index("ix_pm_holds_customer_meter", holds.c.customer, holds.c.meter_id)
+
+# Polar objects the emulator serves and the engine itself never reads (products, benefits,
+# subscriptions, benefit grants), each one JSON document in Polar's shape (schema 4).
+polar_objects = Table(
+    "pm_polar_objects",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), nullable=True),
+    Column("body", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+)
+Index("ix_pm_polar_objects_customer", polar_objects.c.kind, polar_objects.c.customer_id)
 
 info = Table(
     "pm_info",

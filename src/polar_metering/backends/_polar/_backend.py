@@ -24,6 +24,7 @@ from polar_metering._limits import Limits, MarkingTransport
 from polar_metering._status import MeterReading
 from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult
 from polar_metering.backends._polar._history import HistoryReader
+from polar_metering.backends._polar._lifecycle import Lifecycle, PlanDirectory, apply_plans
 from polar_metering.backends._polar._readings import (
     MeterDirectory,
     NoCredits,
@@ -36,10 +37,11 @@ from polar_metering.backends._polar._transport import SdkTransport
 from polar_metering.delivery import DeliveryConfig, Outbox
 
 if TYPE_CHECKING:
-    from polar_metering._catalog import Catalog, Meter
+    from polar_metering._catalog import Catalog, Meter, Plan
     from polar_metering._clock import Clock
     from polar_metering._config import MeteringConfig
     from polar_metering._events import Event
+    from polar_metering._subscriptions import Customer, Page, Subscription
 
 __all__ = ["PolarBackend", "default_outbox_path", "delivery_config"]
 
@@ -100,6 +102,7 @@ class PolarBackend(Backend):
     schemes: ClassVar[tuple[str, ...]] = ("polar",)
     settles_immediately: ClassVar[bool] = False
     supports_holds: ClassVar[bool] = True
+    supports_plans: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -153,6 +156,18 @@ class PolarBackend(Backend):
         self._client = open_client(self.settings)
         self._directory = MeterDirectory(self._client, self.settings, clock.monotonic)
         self._history = HistoryReader(self._client, self.settings, clock.monotonic)
+        self._default_plan = catalog.default
+        self._unknown_customer = config.unknown_customer
+        self._lifecycle = Lifecycle(
+            self._client,
+            self.settings,
+            catalog,
+            PlanDirectory(self._client, self.settings, catalog, clock.monotonic),
+            self._directory,
+            monotonic=clock.monotonic,
+            wall=clock.now,
+            ttl=config.subscription_ttl,
+        )
         self._closed = False
 
     # -- events -------------------------------------------------------------------------------------
@@ -169,13 +184,22 @@ class PolarBackend(Backend):
         """Polar's rows as readings, each with the row's ``modified_at`` (epoch seconds) for the overlay."""
         ids = self._directory.ids(meters)
         rows = fetch_rows(self._client, self.settings, customer, list(dict.fromkeys(ids.values())))
+        # The customer's subscription gives the period; without one (or for a customer Polar does
+        # not know) the default plan and the unknown_customer policy give the limit (_lifecycle.py).
+        state = self._lifecycle.state(customer, need_known=self._unknown_customer in ("allow", "deny"))
         out: dict[str, tuple[MeterReading, float | None]] = {}
         for m in meters:
             row = rows.get(ids[m.slug])
-            out[m.slug] = (
+            reading = apply_plans(
                 to_reading(m, customer, row, self._no_credits),
-                _epoch(getattr(row, "modified_at", None)),
+                m,
+                row is not None and float(row.credited_units) > 0,
+                state,
+                default_plan=self._default_plan,
+                unknown_customer=self._unknown_customer,
+                no_credits=self._no_credits,
             )
+            out[m.slug] = (reading, _epoch(getattr(row, "modified_at", None)))
         return out
 
     def reading(self, customer: str, meter: Meter) -> MeterReading:
@@ -201,8 +225,51 @@ class PolarBackend(Backend):
         return self._history.quantities(meter_id, customer, start=start, end=end, interval=interval)
 
     def invalidate(self, customer: str | None = None, meter: str | None = None) -> int:
-        """Make cached readings stale (``polar_metering.webhooks`` calls this on state changes)."""
+        """Make cached readings stale (``polar_metering.webhooks`` calls this on state changes);
+        the customer's subscription is read again too."""
+        if meter is None:
+            self._lifecycle.invalidate(customer)
         return self.limits.invalidate(customer, meter)
+
+    # -- plans and subscriptions ----------------------------------------------------------------------
+    def subscribe(
+        self,
+        customer: str,
+        plan: Plan | str,
+        started_at: datetime | None = None,
+        *,
+        email: str | None = None,
+    ) -> Subscription | None:
+        """Polar's subscription to the plan's free product (``_lifecycle.Lifecycle.subscribe``).
+        Polar's periods start when Polar creates the subscription: ``started_at`` is refused."""
+        if started_at is not None:
+            raise ConfigurationError(
+                "started_at: on polar:// a subscription's periods start when Polar creates it; "
+                "drop started_at (it anchors periods on the embedded engine only)"
+            )
+        try:
+            return self._lifecycle.subscribe(customer, plan, email=email)
+        finally:
+            self.limits.invalidate(customer)
+
+    def get_subscription(self, customer: str) -> Subscription | None:
+        return self._lifecycle.get_subscription(customer)
+
+    def cancel(self, customer: str) -> Subscription | None:
+        try:
+            return self._lifecycle.cancel(customer)
+        finally:
+            self.limits.invalidate(customer)
+
+    def list_customers(self, *, page: int, limit: int) -> Page[Customer]:
+        return self._lifecycle.list_customers(page=page, limit=limit)
+
+    def list_plans(self, *, page: int, limit: int) -> Page[Plan]:
+        return self._lifecycle.list_plans(page=page, limit=limit)
+
+    def unprovisioned_plans(self) -> list[str]:
+        """The catalog's plans Polar has no product for (``setup`` provisions them)."""
+        return self._lifecycle.plans.missing()
 
     # -- reservations (this process only) -----------------------------------------------------------
     def hold(
