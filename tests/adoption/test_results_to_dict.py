@@ -101,7 +101,10 @@ def test_batch_error_names_the_item_once() -> None:
     client, _ = metering_for_tests()
     with pytest.raises(metering.BatchValidationError) as info:
         client.track_usage_batch(
-            [{"customer_id": "a", "event_name": "x"}, {"customer_id": "", "event_name": "x"}]
+            [
+                {"customer_id": "a", "event_name": "api.request"},
+                {"customer_id": "", "event_name": "api.request"},
+            ]
         )
     assert str(info.value) == "events[1].customer_id: must be a non-empty string"
 
