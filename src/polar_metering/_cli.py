@@ -96,6 +96,9 @@ def _build_app() -> Any:
     _add_optional(app, "polar_metering._cli_check", "check-meters", "Flag meters that surprise on Polar.")
     _add_optional(app, "polar_metering.emulator._cli", "emulator", "Run the Polar-compatible emulator.")
     _add_optional(app, "polar_metering.delivery._cli", "outbox", "Inspect and drain the delivery outbox.")
+    _add_optional(
+        app, "polar_metering._cli_reconcile", "reconcile", "Compare a polar:// ledger with Polar's usage."
+    )
     return app
 
 
@@ -106,6 +109,7 @@ _EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dashboard": ("dashboard", ("starlette", "uvicorn", "jinja2")),
     "emulator": ("emulator", ("starlette", "uvicorn", "pydantic", "polar", "httpx")),
     "outbox": ("polar", ("polar", "httpx")),
+    "reconcile": ("polar", ("polar", "httpx")),
 }
 
 

@@ -68,6 +68,10 @@ class MeteringConfig:
     #: polar:// only: seconds a customer's subscription (plan and period) is kept before it is read
     #: again; it is also read again at the period's end and after subscribe/cancel in this process
     subscription_ttl: float = 60.0
+    #: polar:// only: the database that makes limits exact across processes and machines
+    #: (``sqlite:///path.db`` or ``postgresql://...``; ``docs/limits.md``). ``None``: no ledger, limits
+    #: hold per process. Not in ``repr``: a PostgreSQL URL may carry a password.
+    ledger: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("reservation_ttl", "cache_ttl", "stale_after", "subscription_ttl"):
@@ -128,6 +132,14 @@ class MeteringConfig:
                 "unknown_customer: 'default_plan' needs a default plan: pass default_plan= to init() "
                 "or set [defaults] plan in metering.toml"
             )
+        if self.ledger is not None:
+            from polar_metering.backends._polar._ledger import check_ledger_url
+
+            check_ledger_url(self.ledger)
+            if not self.url.startswith("polar://"):
+                raise ConfigurationError(
+                    "ledger: only polar:// takes a ledger (the embedded engine is exact on its own)"
+                )
         if not isinstance(self.catalog_source, str):
             raise ConfigurationError("catalog_source: must be a string")
         if self.environment not in ("sandbox", "production"):
@@ -193,6 +205,7 @@ def build_config(
         "environment": env.get("POLAR_ENVIRONMENT") or None,
         "base_url": env.get("POLAR_BASE_URL") or None,
         "outbox_path": env.get("METERING_OUTBOX") or None,
+        "ledger": env.get("METERING_LEDGER") or None,
     }
     for key, value in fallbacks.items():
         if options.get(key) is None and value is not None:

@@ -89,6 +89,8 @@ def _as_version_1(url: str, *, stamped: bool) -> None:
         conn.exec_driver_sql("ALTER TABLE pm_accounts DROP COLUMN ends_us")
         conn.exec_driver_sql("DROP INDEX ix_pm_polar_objects_customer")
         conn.exec_driver_sql("DROP TABLE pm_polar_objects")
+        # schema 5 (v0005_relay_queue)
+        conn.exec_driver_sql("DROP TABLE pm_relay_queue")
         conn.exec_driver_sql("UPDATE pm_info SET value = '1' WHERE key = 'schema_version'")
         if stamped:
             conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0001'")

@@ -817,6 +817,11 @@ class Outbox:
             accepting=self._refusal is None,
         )
 
+    def queued_external_ids(self) -> list[str]:
+        """The ``external_id`` of every event waiting in the outbox file (pending or leased), in
+        order; for ``polar-metering reconcile``, not the request path."""
+        return self._open_store().external_ids()
+
     def dead_letters(self, limit: int = 100, *, offset: int = 0) -> list[DeadLetter]:
         """Dead-lettered events, oldest first, with Polar's reason."""
         for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):

@@ -536,6 +536,10 @@ class Store:
             row = self.conn.execute("SELECT value FROM delivery_state WHERE key = 'not_before'").fetchone()
         return total - leased, leased, dead, oldest, (row[0] if row else 0.0)
 
+    def external_ids(self) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.conn.execute("SELECT external_id FROM outbox ORDER BY id")]
+
     def dead_letters(self, limit: int, offset: int) -> list[tuple[Any, ...]]:
         with self.lock:
             return self.conn.execute(

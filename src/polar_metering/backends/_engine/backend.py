@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -39,6 +39,7 @@ from polar_metering._status import MeterReading
 from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult, parse_backend_url
 from polar_metering.backends._engine import schema as t
 from polar_metering.backends._engine.dialect import Database, insert_ignore
+from polar_metering.backends._engine.fastread import Account, FastReads, WindowMemo
 from polar_metering.backends._engine.lifecycle import Lifecycle
 from polar_metering.backends._engine.polar_surface import PolarSurface
 from polar_metering.backends._engine.records import PolarEventIn
@@ -171,10 +172,14 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         self._default_plan: Plan | None = catalog.default
         self._meters: dict[str, CompiledMeter] = {}
         self._slugs: dict[str, str] = {}
+        self._windows_memo = WindowMemo()
+        # Set by a polar:// ledger (``_polar/_ledger.py``): every stored event is also queued for its
+        # relay, in the same transaction.
+        self.relay = False
+        self._locked_meters: set[str] = set()
         self.time = EngineTime(clock, self.db)
         held = (
-            "FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? "
-            f"AND h.expires_us > {self.time.hold_sql}"
+            f"FROM pm_holds h WHERE h.customer = ? AND h.meter_id = ? AND h.expires_us > {self.time.hold_sql}"
         )
         self._sql_account = self._sql(
             "SELECT customer, plan, anchor_us, reset_us, ends_us FROM pm_accounts WHERE customer = ?"
@@ -190,6 +195,7 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         with self.db.errors(), self.db.write() as conn:
             self.time.load(conn)
         self._sync_catalog()
+        self.reads = FastReads(self.db, self.time)
 
     def _sql(self, text: str) -> str:
         """Portable SQL written with ``?`` placeholders, in this driver's parameter style."""
@@ -274,6 +280,7 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         conn.execute(insert_ignore(self.db.engine, t.plans).values(name=plan.name, **values))
         conn.execute(update(t.plans).where(t.plans.c.name == plan.name).values(**values))
         self._plans[plan.name] = plan
+        self._windows_memo.clear()  # memoised windows may hold the plan's old version
 
     def _load_meters(self) -> None:
         with self.db.read() as conn:
@@ -289,6 +296,7 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
                 archived=r.archived_us is not None,
             )
         self._meters = meters
+        self._locked_meters = {r.id for r in rows if r.locked}
         self._index = MeterIndex(meters.values())
         self._slugs = {m.slug: m.id for m in meters.values() if m.slug}
 
@@ -301,11 +309,12 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
             raise ConfigurationError(f"meter: unknown meter {slug!r}; known meters are {sorted(self._slugs)}")
         return self._meters[meter_id]
 
-    def _plan(self, conn: Connection, name: str | None) -> Plan | None:
+    def _plan(self, conn: Connection | None, name: str | None) -> Plan | None:
         if name is None:
             return None
         plan = self._plans.get(name)
         if plan is None:
+            assert conn is not None, "a plan unknown to this process is read from the database"
             row = conn.execute(select(t.plans).where(t.plans.c.name == name)).first()
             if row is None:
                 return None
@@ -320,7 +329,9 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         acct = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
         return self._window_of(conn, acct, now)
 
-    def _window_of(self, conn: Connection, acct: Any, now: datetime) -> Window:
+    def _window_of(self, conn: Connection | None, acct: Any, now: datetime) -> Window:
+        """The window ``acct`` is in at ``now``. ``conn`` may be None when the account's plan is
+        already known to this process (``self._plans``)."""
         plan = self._plan(conn, acct.plan) if acct is not None else None
         now_us = to_us(now)
         # A plan canceled at period end stops at ``ends_us``; usage after it starts a new window.
@@ -481,6 +492,8 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
             fresh = [r for r in fresh if r[0] is None or r[0] in inserted]
         if fresh:
             self._apply(conn, fresh, now_us)
+            if self.relay:
+                self.db.queue_for_relay(conn, [r[0] for r in fresh if r[0] is not None])
         return IngestResult(len(fresh), len(rows) - len(fresh))
 
     def _apply(self, conn: Connection, rows: Iterable[tuple[Any, ...]], now_us: int) -> None:
@@ -495,15 +508,7 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         """Current windows of many customers with one query (customers without an account row get
         the calendar month)."""
         wanted = sorted(set(customers))
-        accounts: dict[str, Any] = {}
-        rows = self.db.accounts(conn, wanted)  # PostgreSQL: one array parameter, not a rendered IN list
-        for i in range(0, len(wanted) if rows is None else 0, _IN_CHUNK):
-            for acct in conn.execute(
-                select(t.accounts).where(t.accounts.c.customer.in_(wanted[i : i + _IN_CHUNK]))
-            ):
-                accounts[acct.customer] = acct
-        for acct in rows or ():
-            accounts[acct.customer] = acct
+        accounts = {acct.customer: acct for acct in self.db.accounts(conn, wanted)}
         return {c: self._window_of(conn, accounts.get(c), now) for c in wanted}
 
     def _add_many(self, conn: Connection, deltas: Mapping[tuple[str, str], Delta], now_us: int) -> None:
@@ -600,15 +605,16 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
     def _lock_meters(self, conn: Connection, meter_ids: set[str]) -> None:
         # server/polar/meter/service.py: a meter that has aggregated an event can no longer change its filter
         # or aggregation.
-        # One indexed UPDATE per batch; no in-memory shortcut, which a rolled-back transaction would
-        # leave claiming a lock the database never got.
-        known = [m for m in meter_ids if m in self._meters]
+        # A meter is remembered as locked only once the database showed it locked before this
+        # transaction (the UPDATE changed nothing): remembering our own UPDATE would be wrong if the
+        # transaction rolled back. Locks are never taken back, so after the first batches this costs
+        # no statement at all.
+        known = [m for m in meter_ids if m in self._meters and m not in self._locked_meters]
         if known:
-            conn.execute(
-                update(t.meters)
-                .where(and_(t.meters.c.id.in_(known), t.meters.c.locked.is_(False)))
-                .values(locked=True)
-            )
+            marks = ", ".join("?" * len(known))
+            sql = self._sql(f"UPDATE pm_meters SET locked = ? WHERE id IN ({marks}) AND locked = ?")
+            if conn.exec_driver_sql(sql, (True, *known, False)).rowcount == 0:
+                self._locked_meters.update(known)
 
     def _add(
         self, conn: Connection, customer: str, meter: CompiledMeter, window: Window, delta: Delta, now_us: int
@@ -645,16 +651,70 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         )
 
     def reading(self, customer: str, meter: Meter) -> MeterReading:
-        compiled = self._meter_id(meter)
-        with self.db.read() as conn:
-            return self._reading(conn, customer, compiled, self.time.now())
+        return self._fast_reading(customer, self._meter_id(meter))
 
     def readings(self, customer: str) -> dict[str, MeterReading]:
+        return {m.slug: self._fast_reading(customer, self._meter_id(m)) for m in self.catalog.meters}
+
+    def peek(self, customer: str, meter: Meter) -> MeterReading | None:
+        """A cached reading that is still exact (SQLite files; one ``PRAGMA data_version``, no I/O
+        that can wait on a lock), so the async client answers on the event loop."""
+        compiled = self._meter_id(meter)
+        return self.reads.lookup((customer, compiled.id), to_us(self.time.now()))[0]
+
+    def _fast_reading(self, customer: str, meter: CompiledMeter) -> MeterReading:
+        """The limit-check path (``fastread.py``): a cached reading, or one statement on a connection
+        of the read path's own, or (rarely) the full ``_reading``."""
         now = self.time.now()
+        now_us = to_us(now)
+        key = (customer, meter.id)
+        hit, version = self.reads.lookup(key, now_us)
+        if hit is not None:
+            return hit
+        row = self.reads.fetch(customer, meter.id, now_us)
+        plan_name, anchor_us, reset_us, ends_us, window_us, n, total, vmax, vmin, credited = row[:10]
+        held_sum, held_max, held_until = row[10:13]
+        if plan_name is not None and plan_name not in self._plans:
+            return self._slow_reading(customer, meter, now)  # a plan stored by another process: load it
+        memo_key = (plan_name, anchor_us, reset_us, ends_us)
+        memo = self._windows_memo.get(memo_key, now_us)
+        if memo is not None:
+            window, until = memo
+        else:
+            window = self._window_of(None, Account(customer, plan_name, anchor_us, reset_us, ends_us), now)
+            # The window holds until it ends or a mark of the account (a cancelation's end, a reset,
+            # an anchor) is reached, whichever comes first.
+            until = window.end_us if window.end_us is not None else 2**63 - 1
+            for mark in (anchor_us, reset_us, ends_us):
+                if mark is not None and now_us < mark < until:
+                    until = mark
+            self._windows_memo.put(memo_key, now_us, until, window)
+        if window_us == window.start_us:
+            state = RowState(n, total, vmax, vmin)
+        else:
+            units = plan_units(window.plan, meter)
+            if units is not None:
+                # No row for this window yet, and the plan credits the meter: the credit may include a
+                # rollover from the window before, which ``_initial_credit`` works out.
+                return self._slow_reading(customer, meter, now)
+            state, credited = RowState(), None
+        reading = MeterReading(
+            meter=meter.slug or meter.id,
+            customer=customer,
+            consumed=consumed_of(meter.func, state),
+            credited=None if credited is None else float(credited),
+            period_start=from_us(window.start_us),
+            period_end=from_us(window.end_us) if window.end_us is not None else None,
+            reserved=float(held_max if meter.func in ("max", "min") else held_sum),
+            samples=state.n,
+        )
+        # Cached (SQLite files) until the window changes or the earliest active hold expires.
+        self.reads.store(version, key, reading, until, None if held_until is None else int(held_until))
+        return reading
+
+    def _slow_reading(self, customer: str, meter: CompiledMeter, now: datetime) -> MeterReading:
         with self.db.read() as conn:
-            return {
-                m.slug: self._reading(conn, customer, self._meter_id(m), now) for m in self.catalog.meters
-            }
+            return self._reading(conn, customer, meter, now)
 
     def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
         compiled = self._meter_id(meter)
@@ -808,10 +868,49 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
         for (_, mid), delta in deltas.items():
             self._add(conn, customer, self._meters[mid], window, delta, now_us)
 
+    def mirror_account(
+        self, customer: str, plan: str | None, anchor_us: int | None, ends_us: int | None
+    ) -> bool:
+        """Set the customer's account to ``plan`` anchored at ``anchor_us`` (a ``polar://`` ledger
+        mirroring Polar's subscription), and rebuild the customer's rollups for the window that gives,
+        in one transaction. Returns whether anything changed (a no-op when another process did it)."""
+        if plan is not None and plan not in self._plans:
+            raise ConfigurationError(f"plan: unknown plan {plan!r}")
+        with self.db.write() as conn:
+            acct = conn.execute(select(t.accounts).where(t.accounts.c.customer == customer)).first()
+            if acct is not None and (acct.plan, acct.anchor_us, acct.reset_us, acct.ends_us) == (
+                plan,
+                anchor_us,
+                None,
+                ends_us,
+            ):
+                return False
+            conn.execute(
+                insert_ignore(self.db.engine, t.accounts).values(
+                    customer=customer, plan=None, anchor_us=None, reset_us=None, ends_us=None
+                )
+            )
+            conn.execute(
+                update(t.accounts)
+                .where(t.accounts.c.customer == customer)
+                .values(plan=plan, anchor_us=anchor_us, reset_us=None, ends_us=ends_us)
+            )
+            self._rebuild_customer(conn, customer)
+        return True
+
     # -- reservations -----------------------------------------------------------------------------------
     def hold(
-        self, customer: str, meter: Meter, amount: float, *, ttl: float
+        self,
+        customer: str,
+        meter: Meter,
+        amount: float,
+        *,
+        ttl: float,
+        adjust: Callable[[MeterReading], MeterReading] | None = None,
     ) -> tuple[Hold | None, MeterReading]:
+        """Reserve ``amount`` if the reading leaves room for it, atomically against every other hold
+        and write on the database. ``adjust`` (a ``polar://`` ledger) turns the engine's reading into
+        the one the decision is taken on, inside the same transaction (Polar's credit, for one)."""
         compiled = self._meter_id(meter)
         now = self.time.now()
         now_us = to_us(now)
@@ -830,6 +929,8 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
                 )
             )
             reading = self._reading(conn, customer, compiled, now)
+            if adjust is not None:
+                reading = adjust(reading)
             if reading.credited is not None and project(compiled.func, reading, amount) > reading.credited:
                 return None, reading
             hold = Hold(
@@ -887,4 +988,5 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:
+        self.reads.close()
         self.db.dispose()

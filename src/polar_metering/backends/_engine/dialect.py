@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,6 +73,9 @@ _PG_ACCOUNTS = (
 )
 
 
+_SQLITE_ACCOUNTS = (
+    "SELECT customer, plan, anchor_us, reset_us, ends_us FROM pm_accounts WHERE customer IN ({marks})"
+)
 _SQLITE_INSERT_EVENTS = (
     "INSERT OR IGNORE INTO pm_events (external_id, customer, external_customer_id, customer_id, name, ts_us, "
     "ingested_us, metadata, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -131,6 +135,7 @@ class Database:
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000, echo: bool = False) -> None:
         self.url = url
+        self.busy_timeout_ms = busy_timeout_ms
         self.is_sqlite = url.startswith("sqlite")
         self.is_postgresql = url.startswith(("postgresql", "postgres"))
         self.memory = self.is_sqlite and (":memory:" in url or url in ("sqlite://", "sqlite:///"))
@@ -267,6 +272,25 @@ class Database:
             ).scalars()
         )
 
+    def queue_for_relay(self, conn: Connection, external_ids: Sequence[str]) -> None:
+        """Queue the events of ``external_ids``, just stored by this transaction, for a ledger's relay."""
+        if not external_ids:
+            return
+        if self.is_postgresql:
+            conn.exec_driver_sql(
+                "INSERT INTO pm_relay_queue (seq) SELECT seq FROM pm_events WHERE external_id = ANY(%s) "
+                "ON CONFLICT DO NOTHING",
+                (list(external_ids),),
+            )
+            return
+        for i in range(0, len(external_ids), 500):
+            chunk = external_ids[i : i + 500]
+            conn.exec_driver_sql(
+                "INSERT OR IGNORE INTO pm_relay_queue (seq) SELECT seq FROM pm_events "
+                f"WHERE external_id IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk),
+            )
+
     def update_usage(self, conn: Connection, rows: Sequence[Mapping[str, Any]], modified_us: int) -> None:
         """Write new rollup values ``{k_c, k_m, k_w, n, total, vmax, vmin}`` for rows this transaction
         holds: one array statement on PostgreSQL (no round trip per row), the driver's executemany on
@@ -309,14 +333,20 @@ class Database:
             rows += [r for r in conn.exec_driver_sql(sql, (*chunk, *windows)) if (r[0], r[1], r[2]) in wanted]
         return rows
 
-    def accounts(self, conn: Connection, customers: Sequence[str]) -> Sequence[Any] | None:
-        """PostgreSQL: the ``pm_accounts`` rows of ``customers`` in one statement (one array parameter
-        instead of a rendered ``IN`` list). SQLite returns ``None``."""
-        if not self.is_postgresql:
-            return None
+    def accounts(self, conn: Connection, customers: Sequence[str]) -> Sequence[Any]:
+        """The ``pm_accounts`` rows of ``customers`` (missing ones absent), as driver SQL: on
+        PostgreSQL one array parameter, on SQLite ``IN`` lists of at most 500. SQLAlchemy's expanding
+        ``IN`` would cost more than the query itself on the single-event path."""
         if not customers:
             return []
-        return conn.exec_driver_sql(_PG_ACCOUNTS, (list(customers),)).fetchall()
+        if self.is_postgresql:
+            return conn.exec_driver_sql(_PG_ACCOUNTS, (list(customers),)).fetchall()
+        rows: list[Any] = []
+        for i in range(0, len(customers), 500):
+            chunk = customers[i : i + 500]
+            sql = _SQLITE_ACCOUNTS.format(marks=", ".join("?" * len(chunk)))
+            rows += conn.exec_driver_sql(sql, tuple(chunk)).fetchall()
+        return rows
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -332,19 +362,39 @@ class Database:
                 with self.engine.connect() as conn, conn.begin():
                     yield conn
 
+    def raw_postgresql_connection(self) -> Any:
+        """A psycopg connection of its own to this engine's database, in autocommit mode, with
+        statements prepared on the server from their first run: for the one-statement reads of
+        ``fastread.py``, where SQLAlchemy's pool (a ping per checkout) and a transaction's ``BEGIN`` and
+        ``COMMIT`` would each cost a round trip of their own."""
+        import psycopg
+
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        conn = psycopg.connect(*cargs, **cparams, autocommit=True, prepare_threshold=0)
+        return conn
+
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
-        """The one place driver errors become ours (chained with ``from``)."""
+        """The one place driver errors become ours (chained with ``from``): SQLAlchemy's wrappers, and
+        the drivers' own errors from the raw connections of the read path."""
         try:
             yield
         except MeteringError:
             raise
+        except sqlite3.Error as e:
+            raise BackendUnavailable(f"database unavailable: {str(e).splitlines()[0][:300]}") from e
         except exc.OperationalError as e:
             raise BackendUnavailable(f"database unavailable: {_short(e)}") from e
         except exc.InterfaceError as e:
             raise BackendUnavailable(f"database connection failed: {_short(e)}") from e
         except exc.DBAPIError as e:
             raise BackendUnavailable(f"database error: {_short(e)}", retryable=is_transient(e)) from e
+        except Exception as e:
+            if type(e).__module__.partition(".")[0] != "psycopg":
+                raise
+            raise BackendUnavailable(
+                f"database unavailable: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}"
+            ) from e
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -354,8 +404,6 @@ def _enable_wal(cur: Any, busy_timeout_ms: int) -> None:
     """``PRAGMA journal_mode=WAL``, retried while another connection holds the file: switching a new
     file to WAL needs it alone, and SQLite reports "database is locked" at once instead of waiting
     (seen when several processes open one fresh file together). Once in WAL the pragma is a no-op."""
-    import sqlite3
-
     deadline = time.monotonic() + busy_timeout_ms / 1000
     while True:
         try:

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -155,6 +155,16 @@ polar_objects = Table(
     Column("created_us", BigInteger, nullable=False),
 )
 Index("ix_pm_polar_objects_customer", polar_objects.c.kind, polar_objects.c.customer_id)
+
+# The ledger's relay queue (schema 5): events a ``polar://`` ledger stored and has not yet handed to
+# the delivery outbox. Written in the same transaction as the events themselves (a transactional
+# outbox), emptied by the relay once the outbox has the events (``backends/_polar/_ledger.py``).
+# Unused by the plain engine.
+relay_queue = Table(
+    "pm_relay_queue",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+)
 
 info = Table(
     "pm_info",

@@ -155,5 +155,8 @@ class EngineTime:
             return literal_column(f"({_SERVER_NOW} + {ttl_us})", BigInteger())
         return bindparam("hold_expiry", self._hold_now_us() + ttl_us, BigInteger())
 
-    def _hold_now_us(self) -> int:
+    def hold_now_us(self) -> int:
+        """ "Now" on the hold clock of this process (not the server's: SQLite only)."""
         return int(self.clock.monotonic() * _US)
+
+    _hold_now_us = hold_now_us

@@ -13,6 +13,8 @@ The token comes from ``access_token=`` or ``POLAR_ACCESS_TOKEN`` and never from 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,7 @@ from polar_metering._limits import Limits, MarkingTransport
 from polar_metering._status import MeterReading
 from polar_metering.backends._base import Backend, BackendURL, Hold, IngestResult
 from polar_metering.backends._polar._history import HistoryReader
+from polar_metering.backends._polar._ledger import Ledger
 from polar_metering.backends._polar._lifecycle import Lifecycle, PlanDirectory, apply_plans
 from polar_metering.backends._polar._readings import (
     MeterDirectory,
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
     from polar_metering._subscriptions import Customer, Page, Subscription
 
 __all__ = ["PolarBackend", "default_outbox_path", "delivery_config"]
+
+log = logging.getLogger("polar_metering")
 
 # Requests/min towards a server on this machine (the emulator): Polar's limits (server/polar/rate_limit.py)
 # do not apply,
@@ -168,12 +173,18 @@ class PolarBackend(Backend):
             wall=clock.now,
             ttl=config.subscription_ttl,
         )
+        self.ledger: Ledger | None = None
+        if config.ledger is not None:
+            self.ledger = Ledger(config.ledger, catalog=catalog, clock=clock, outbox=self.outbox)
         self._closed = False
 
     # -- events -------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> IngestResult:
         """Queue ``events`` for delivery (no network I/O) and overlay them on this process's readings;
-        raises ``OutboxError`` if the outbox is full."""
+        raises ``OutboxError`` if the outbox is full. With a ledger: stored in the ledger, from which
+        the relay moves them to the outbox (``_ledger.py``)."""
+        if self.ledger is not None:
+            return self.ledger.ingest(events)
         return self.limits.track(events, self._enqueue)
 
     def _enqueue(self, events: Sequence[Event]) -> IngestResult:
@@ -204,16 +215,35 @@ class PolarBackend(Backend):
 
     def reading(self, customer: str, meter: Meter) -> MeterReading:
         """The customer's effective reading on ``meter``; no request while cached."""
-        return self.limits.reading(customer, meter, self._fetch)
+        polar = self.limits.reading(customer, meter, self._fetch)
+        if self.ledger is None:
+            return polar
+        self._mirror(customer)
+        return self.ledger.reading(customer, meter, polar)
 
     def readings(self, customer: str) -> dict[str, MeterReading]:
         """Every catalog meter's reading; one request (``meter_id`` repeats) for all not cached."""
-        return self.limits.readings(customer, self.catalog.meters, self._fetch)
+        polar = self.limits.readings(customer, self.catalog.meters, self._fetch)
+        if self.ledger is None:
+            return polar
+        self._mirror(customer)
+        ledger = self.ledger
+        return {m.slug: ledger.reading(customer, m, polar[m.slug]) for m in self.catalog.meters}
+
+    def _mirror(self, customer: str) -> None:
+        """The ledger's window for ``customer``: Polar's current period (the subscription is cached)."""
+        assert self.ledger is not None
+        self.ledger.mirror(customer, self._lifecycle.state(customer, need_known=False).subscription)
 
     def peek(self, customer: str, meter: Meter) -> MeterReading | None:
-        return self.limits.peek(customer, meter)
+        polar = self.limits.peek(customer, meter)
+        if polar is None or self.ledger is None:
+            return polar
+        return self.ledger.peek(customer, meter, polar)
 
     def is_counted(self, customer: str, meter: Meter, value: Any) -> bool:
+        if self.ledger is not None:
+            return self.ledger.is_counted(customer, meter, value)
         return self.limits.is_counted(customer, meter, value)
 
     def history(
@@ -275,17 +305,32 @@ class PolarBackend(Backend):
     def hold(
         self, customer: str, meter: Meter, amount: float, *, ttl: float
     ) -> tuple[Hold | None, MeterReading]:
-        return self.limits.hold(customer, meter, amount, ttl, self._fetch)
+        if self.ledger is None:
+            return self.limits.hold(customer, meter, amount, ttl, self._fetch)
+        polar = self.limits.reading(customer, meter, self._fetch)
+        self._mirror(customer)
+        return self.ledger.hold(customer, meter, amount, ttl, polar)
 
     def settle(self, hold: Hold, events: Sequence[Event]) -> IngestResult:
+        if self.ledger is not None:
+            return self.ledger.settle(hold, events)
         return self.limits.settle(hold, events, self._enqueue)
 
     def release(self, hold: Hold) -> None:
+        if self.ledger is not None:
+            self.ledger.release(hold)
+            return
         self.limits.release(hold)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event queued by this process has been delivered (or dead-lettered)."""
+        """Wait until every event queued by this process has been delivered (or dead-lettered); with
+        a ledger, every event in its relay queue (any process's) first."""
+        if self.ledger is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if not self.ledger.drain(math.inf if deadline is None else deadline, time.monotonic):
+                return False
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.outbox.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
@@ -295,13 +340,28 @@ class PolarBackend(Backend):
             return
         self._closed = True
         try:
+            if self.ledger is not None:
+                # A process that tracked hands what the ledger queued to the outbox first (within the
+                # same budget); what is left stays queued in the ledger for the next process. One
+                # that only read (a report, ``reconcile``) changes nothing.
+                budget = self.outbox.config.exit_timeout if timeout is None else timeout
+                start = time.monotonic()
+                try:
+                    if self.ledger.relaying:
+                        self.ledger.drain(start + budget, time.monotonic)
+                except Exception as exc:
+                    log.warning("polar_metering: ledger relay at close failed: %s", exc)
+                finally:
+                    self.ledger.close()
+                timeout = max(0.0, budget - (time.monotonic() - start))
             self.outbox.close(timeout)
         finally:
             self._transport.close()
             self._client.__exit__()
 
     def __repr__(self) -> str:
-        return f"PolarBackend({self.url.masked!r}, server={self.settings.server!r})"
+        ledger = "" if self.ledger is None else f", ledger={self.ledger.url.masked!r}"
+        return f"PolarBackend({self.url.masked!r}, server={self.settings.server!r}{ledger})"
 
 
 _OVERLAY_OPTIONS = frozenset({"settle_horizon", "unconfirmed_horizon", "settle_margin"})
