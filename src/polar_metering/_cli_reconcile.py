@@ -43,7 +43,8 @@ def reconcile(
     if period not in ("current", "previous"):
         typer.echo(f"--period: must be current or previous, got {period!r}", err=True)
         raise typer.Exit(2)
-    options: dict[str, object] = {"catalog": catalog}
+    # Read-only: no delivery threads, so what the outbox holds stays put while it is being counted.
+    options: dict[str, object] = {"catalog": catalog, "backend_options": {"background": False}}
     if ledger is not None:
         options["ledger"] = ledger
     if outbox is not None:

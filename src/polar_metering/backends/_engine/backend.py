@@ -131,6 +131,29 @@ def usage_since(acct: Any, window: Window) -> int:
     return window.start_us
 
 
+def _meter_reading(
+    customer: str,
+    meter: CompiledMeter,
+    state: RowState,
+    credited: float | None,
+    window: Window,
+    held_sum: float,
+    held_max: float,
+) -> MeterReading:
+    """A reading from a rollup row's state and the window's active holds: what ``max``/``min``
+    meters hold back is the largest hold, what the others hold back is the sum."""
+    return MeterReading(
+        meter=meter.slug or meter.id,
+        customer=customer,
+        consumed=consumed_of(meter.func, state),
+        credited=None if credited is None else float(credited),
+        period_start=from_us(window.start_us),
+        period_end=from_us(window.end_us) if window.end_us is not None else None,
+        reserved=float(held_max if meter.func in ("max", "min") else held_sum),
+        samples=state.n,
+    )
+
+
 @dataclass(slots=True)
 class _Row:
     customer: str
@@ -638,17 +661,7 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
             state, credited = RowState(), None if credit is None else credit.units
         else:
             state = RowState(n, total, vmax, vmin)
-        reserved = float(held_max if meter.func in ("max", "min") else held_sum)
-        return MeterReading(
-            meter=meter.slug or meter.id,
-            customer=customer,
-            consumed=consumed_of(meter.func, state),
-            credited=None if credited is None else float(credited),
-            period_start=from_us(window.start_us),
-            period_end=from_us(window.end_us) if window.end_us is not None else None,
-            reserved=reserved,
-            samples=state.n,
-        )
+        return _meter_reading(customer, meter, state, credited, window, held_sum, held_max)
 
     def reading(self, customer: str, meter: Meter) -> MeterReading:
         return self._fast_reading(customer, self._meter_id(meter))
@@ -698,16 +711,7 @@ class LocalEngine(Lifecycle, PolarSurface, Backend):
                 # rollover from the window before, which ``_initial_credit`` works out.
                 return self._slow_reading(customer, meter, now)
             state, credited = RowState(), None
-        reading = MeterReading(
-            meter=meter.slug or meter.id,
-            customer=customer,
-            consumed=consumed_of(meter.func, state),
-            credited=None if credited is None else float(credited),
-            period_start=from_us(window.start_us),
-            period_end=from_us(window.end_us) if window.end_us is not None else None,
-            reserved=float(held_max if meter.func in ("max", "min") else held_sum),
-            samples=state.n,
-        )
+        reading = _meter_reading(customer, meter, state, credited, window, held_sum, held_max)
         # Cached (SQLite files) until the window changes or the earliest active hold expires.
         self.reads.store(version, key, reading, until, None if held_until is None else int(held_until))
         return reading

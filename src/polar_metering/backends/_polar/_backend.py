@@ -101,7 +101,9 @@ class PolarBackend(Backend):
     commit (faster, but a crash loses the last few milliseconds of events: ``docs/delivery.md``);
     ``timeout`` — seconds per request;
     ``overlay`` — ``{"settle_horizon": s, "unconfirmed_horizon": s, "settle_margin": s}`` to tune
-    when tracked usage leaves the overlay (``docs/limits.md``).
+    when tracked usage leaves the overlay (``docs/limits.md``); ``background`` — ``False`` for a
+    client that only reads (``polar-metering reconcile``): no delivery threads, so opening it never
+    sends what other processes left in the outbox.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("polar",)
@@ -121,13 +123,14 @@ class PolarBackend(Backend):
         durable: bool | None = None,
         timeout: float | None = None,
         overlay: Mapping[str, float] | None = None,
+        background: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(url, catalog=catalog, clock=clock)
         if options:
             raise ConfigurationError(
                 f"polar://: unknown options {sorted(options)}; "
-                "known: config, no_credits, delivery, durable, timeout, overlay"
+                "known: config, no_credits, delivery, durable, timeout, overlay, background"
             )
         if config is None:
             from polar_metering._config import build_config
@@ -146,6 +149,8 @@ class PolarBackend(Backend):
             raise ConfigurationError(f"delivery: must be a DeliveryConfig, got {type(delivery).__name__}")
         if durable is not None and not isinstance(durable, bool):
             raise ConfigurationError(f"durable: must be True or False, got {durable!r}")
+        if not isinstance(background, bool):
+            raise ConfigurationError(f"background: must be True or False, got {background!r}")
         self.limits = _limits(catalog, clock, config, overlay)
         self._transport = SdkTransport(self.settings)
         # Delivery reports feed the overlay's settle rule. The send time is compared with Polar's
@@ -154,7 +159,7 @@ class PolarBackend(Backend):
         settings = delivery or delivery_config(self.settings, config.outbox_path)
         if durable is not None:
             settings = dataclasses.replace(settings, durable=durable)
-        self.outbox = Outbox(settings, marking)
+        self.outbox = Outbox(settings, marking, background=background)
         # A durable outbox (the default) commits before ingest returns: the async client must not
         # wait for that on the event loop. With durable=False ingest is an in-memory append.
         self.nonblocking_ingest = not self.outbox.config.durable
